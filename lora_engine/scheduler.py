@@ -238,7 +238,9 @@ class SchedulerState(Generic[P]):
         if rank:
             self._out_of_order += 1
         self._max_overtaken_s = max(self._max_overtaken_s, waited)
-        return Dispatch(ticket=entry.ticket, payload=entry.payload, fifo_rank=rank, waited_beyond_fifo_s=waited)
+        return Dispatch(
+            ticket=entry.ticket, payload=entry.payload, fifo_rank=rank, waited_beyond_fifo_s=waited
+        )
 
     # ------------------------------------------------------------------ queries
 

@@ -74,10 +74,10 @@ class LayerIndex:
 
     Args:
         layers (`dict[tuple[str, str], LayerInfo]`): ``(component, module path)`` -> info, for every
-            ``nn.Linear``/``nn.Conv2d`` of the UNet and both text encoders. Text-encoder paths are spelled
-            without the ``text_model.`` prefix (transformers 5 nests only one of the two encoders under it).
+            ``nn.Linear``/``nn.Conv2d`` of the UNet and both text encoders, paths as ``named_modules`` gives.
         unet_config (`dict`): the UNet's config, which diffusers needs to map SGM block names.
-        text_model_prefix (`dict[str, bool]`): whether each text encoder nests its layers under ``text_model``.
+        text_model_prefix (`dict[str, bool]`): whether each text encoder nests its layers under
+            ``text_model`` (in transformers 5 ``CLIPTextModelWithProjection`` does, ``CLIPTextModel`` not).
     """
 
     layers: dict[tuple[str, str], LayerInfo]
@@ -96,15 +96,9 @@ class LayerIndex:
             for name, module in model.named_modules():
                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                     kind = "linear" if isinstance(module, torch.nn.Linear) else "conv"
-                    key = name.removeprefix("text_model.") if component != "unet" else name
-                    layers[(component, key)] = LayerInfo(kind, tuple(module.weight.shape))
-        return cls(layers=layers, unet_config=dict(pipeline.unet.config), text_model_prefix=nested)
-
-    def module_path(self, component: str, key: str) -> str:
-        """The real ``named_modules`` path for an index key (puts ``text_model.`` back where needed)."""
-        if self.text_model_prefix.get(component):
-            return f"text_model.{key}"
-        return key
+                    layers[(component, name)] = LayerInfo(kind, tuple(module.weight.shape))
+        # The FrozenDict itself: immutable, and diffusers reads it by attribute (``config.layers_per_block``).
+        return cls(layers=layers, unet_config=pipeline.unet.config, text_model_prefix=nested)
 
 
 @dataclass(frozen=True)
@@ -301,7 +295,9 @@ def parse_lora_state_dict(
             ranks = {f"^{k}": v.shape[1] for k, v in sd.items() if "lora_B" in k and v.ndim > 1}
         else:
             sd = convert_state_dict_to_peft(convert_state_dict_to_diffusers(sd))
-            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+            if not index.text_model_prefix.get(component):
+                # diffusers does the same: files spell CLIP paths with ``text_model.``, the module may not.
+                sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
             ranks = {
                 f"{name}.lora_B.weight": sd[f"{name}.lora_B.weight"].shape[1]
                 for (comp, name) in index.layers
@@ -322,9 +318,8 @@ def parse_lora_state_dict(
             b = sd.get(f"{target}.lora_B.weight")
             if a is None or b is None:
                 raise IncompatibleAdapter(adapter_id, f"{component} layer {target!r} lacks lora_A or lora_B")
-            full_name = index.module_path(component, target)
-            r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), full_name), config.r)
-            alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), full_name), config.lora_alpha)
+            r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), target), config.r)
+            alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), target), config.lora_alpha)
             scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
             _check_shapes(adapter_id, component, target, a, b, index.layers[(component, target)])
             layers.append(LoraLayer(component, target, a, b, float(scaling)))

@@ -70,7 +70,8 @@ def _fingerprint(t: torch.Tensor) -> int:
     """
     flat = t.detach().reshape(-1)
     int_dtype = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
-    bits = flat.view(int_dtype).to(torch.int64)
+    # copy=True: for int64 buffers (position ids) .to() would alias the live tensor and mul_ would corrupt it.
+    bits = flat.view(int_dtype).to(torch.int64, copy=True)
     weights = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64).mul_(2).add_(1)
     return int(bits.mul_(weights).sum()) & 0xFFFFFFFFFFFFFFFF
 
@@ -112,7 +113,7 @@ class Swapper:
             modules = dict(model.named_modules())
             for comp, key in index.layers:
                 if comp == component:
-                    self._weights[(comp, key)] = modules[index.module_path(comp, key)].weight.data
+                    self._weights[(comp, key)] = modules[key].weight.data
         self._originals: dict[tuple[str, str], torch.Tensor] = {}
         self._originals_device = originals_device
         self._applied: set[tuple[str, str]] = set()
