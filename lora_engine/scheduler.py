@@ -62,13 +62,20 @@ For every request R that is overtaken (one never overtaken is never delayed by a
 
 (G3) ``max_wait_s == 0`` or ``group_by_adapter=False``: exact FIFO; every ``Dispatch.fifo_rank`` is 0.
 
+When several requests are overtaken, each is measured from its own ``t_R``, and those overtaken by
+the same decision share it. Once the oldest is due, the due ones run oldest first without
+regrouping: a younger request for the adapter just loaded does not jump the others that are due. The runs of older overtaken requests between R's deadline and R's start are not
+charged to R's bound: FIFO would have run them before R as well. (G2)'s comparison with FIFO
+assumes order-independent run times; with real swap costs FIFO would swap more, not less.
+
 Cancelling a request only removes work ahead of others; it never moves anyone's ``t_R``. The bound
 says nothing about time the worker spends not calling ``pop`` (paused, crashed, shutting down).
 
-Cost: ``push`` is O(1); ``pop``, ``peek_adapter`` and ``position`` are O(A log n) for A adapters
-with waiting requests and n waiting requests (the log comes from bisecting the per-adapter FIFO
-sub-queues, which are sorted by ``seq``); ``cancel`` is O(n) in the worst case (deleting from the
-middle of a sub-queue), which is fine for a bounded queue.
+Cost, for A adapters with waiting requests and n waiting requests: ``push`` O(1); ``peek_adapter``
+O(A); ``pop`` O(A log n) (the log from bisecting the per-adapter FIFO sub-queues, sorted by ``seq``,
+for ``fifo_rank``); ``position`` O(A log n) plus the overtake log (one entry per out-of-order
+dispatch since the head was first overtaken); ``cancel`` O(n) at worst (deleting from the middle of
+a sub-queue), which is fine for a bounded queue.
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from lora_engine.errors import ConfigError, QueueFull
 
@@ -139,7 +146,7 @@ class _Overtake:
     at: float
 
 
-def _entry_seq(entry: _Entry[object]) -> int:
+def _entry_seq(entry: _Entry[Any]) -> int:
     return entry.ticket.seq
 
 
@@ -162,7 +169,7 @@ class SchedulerState(Generic[P]):
             or not math.isfinite(max_wait_s)
             or max_wait_s < 0
         ):
-            # Infinite would mean unbounded starvation, which is exactly what this class exists to prevent.
+            # Infinite would allow unbounded starvation, which this class exists to prevent.
             raise ConfigError(f"max_wait_s must be a finite number of seconds >= 0, got {max_wait_s!r}")
         self._max_queue = max_queue
         self._max_wait_s = float(max_wait_s)

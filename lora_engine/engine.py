@@ -1,0 +1,526 @@
+"""The ``Engine`` facade: one worker thread owns the pipeline; everyone else submits requests and waits.
+
+What this is for: the only way in. ``submit()`` checks capacity (``QueueFull`` at once), validates the
+request (``InvalidRequest``), enqueues it in the :class:`~lora_engine.scheduler.SchedulerState` and returns
+a ``concurrent.futures.Future``. The worker thread pops the next request (grouped by adapter, bounded
+wait), finds its adapter in the cache tiers (device -> RAM -> disk -> Hub), swaps it in, runs the pipeline
+and resolves the future. A prefetch thread meanwhile fetches and parses the adapter of the request the
+scheduler will pick next, into the RAM tier, without touching the pipeline.
+
+What it is not for: torch. This module imports none; the backend (``torch_backend.DiffusersBackend``) and
+the fetcher (``hub_fetch.AdapterFetcher``) are handed in, which is what lets the engine's threading be
+tested on its own and lets embedding applications pass a pipeline they built (``Engine.from_pipeline``).
+
+Cache tiers, keyed by ``AdapterKey`` (repo, file, revision sha):
+    disk    huggingface_hub's cache, pinned to the resolved sha (``hub_fetch``);
+    ram     parsed and validated factors in host memory, LRU by bytes (``ram_cache_bytes``);
+    device  factors on the weights' device and dtype, LRU by bytes (``device_cache_bytes``); the adapter in
+            the weights is pinned there.
+Refusals of a file (corrupt, wrong shapes, unsupported format) are remembered per key, so a bad revision
+is never parsed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .adapter_cache import AdapterKey, ByteLRU
+from .config import EngineConfig
+from .errors import AdapterError, EngineClosed, EngineError, QueueFull
+from .metrics import EngineMetrics
+from .request import BASE_ADAPTER, GenerationRequest, GenerationResult, RequestLimits, Timings, validate_request
+from .scheduler import SchedulerState, Ticket
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineStatus", "RequestFuture"]
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """A snapshot of the engine for the UI and health checks.
+
+    Args:
+        queue_depth (`int`): requests waiting (not counting the one running).
+        active_adapter (`str`): the adapter in the weights, ``""`` for the base model.
+        base_digest (`str`): the digest of the base weights at start.
+        digest_ok (`bool`): every return to the base so far matched it.
+        ram_cache (`dict`), device_cache (`dict`): tier stats.
+        scheduler (`dict`): dispatch counters.
+    """
+
+    queue_depth: int
+    active_adapter: str
+    base_digest: str
+    digest_ok: bool
+    ram_cache: dict
+    device_cache: dict
+    scheduler: dict
+
+
+class RequestFuture(Future):
+    """The Future ``submit`` returns; ``ticket`` is its place in the queue (for ``Engine.position``)."""
+
+    ticket: Ticket | None = None
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: RequestFuture
+    enqueued_at: float
+    on_progress: ProgressCallback | None
+    ticket: Ticket | None = None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """An adapter ready to swap, and where it was found."""
+
+    key: AdapterKey
+    adapter: object  # ParsedAdapter on the device
+    tier: str
+    fetch_s: float
+
+
+@dataclass
+class _Inflight:
+    """A fetch+parse in progress (prefetch or worker), so the same adapter is never fetched twice at once."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    key: AdapterKey | None = None
+    error: BaseException | None = None
+
+
+class Engine:
+    """Serves generation requests from one warm SDXL pipeline, swapping LoRA adapters per request.
+
+    Build it with :meth:`from_config` (loads ``MODEL_ID`` or the demo model) or :meth:`from_pipeline`.
+
+    Example:
+        >>> engine = Engine.from_config(EngineConfig.from_env())
+        >>> result = engine.generate(GenerationRequest("a red circle", lora="demo/neon-glow", seed=1))
+        >>> result.image.save("out.png"); print(result.timings)
+    """
+
+    def __init__(self, backend, fetcher, config: EngineConfig, *, metrics: EngineMetrics | None = None):
+        self.backend = backend
+        self.fetcher = fetcher
+        self.config = config
+        self.info = backend.info
+        self.metrics = metrics or EngineMetrics()
+        self.limits = RequestLimits(
+            min_side=config.min_side,
+            max_side=config.max_side,
+            max_steps=config.max_steps,
+            max_prompt_chars=config.max_prompt_chars,
+            default_steps=self.info.default_steps,
+            default_side=self.info.default_side,
+            default_guidance=self.info.default_guidance,
+        )
+        self._rng = random.SystemRandom()
+        self._cond = threading.Condition()
+        self._state: SchedulerState[_Job] = SchedulerState(
+            max_queue=config.max_queue, max_wait_s=config.max_wait_s, group_by_adapter=config.group_by_adapter
+        )
+        self._closed = False
+        # The adapter id in the weights; read by submit()/prefetch under _cond, written by the worker.
+        self._loaded_adapter = BASE_ADAPTER
+        self._cache_lock = threading.Lock()
+        self._ram: ByteLRU[AdapterKey, object] = ByteLRU(config.ram_cache_bytes)
+        self._device: ByteLRU[AdapterKey, object] = ByteLRU(config.device_cache_bytes)
+        self._refused: dict[AdapterKey, AdapterError] = {}
+        self._inflight: dict[str, _Inflight] = {}
+        # Calls to run on the worker thread between requests (digest checks), with their futures.
+        self._control: list[tuple[Callable[[], object], Future]] = []
+        # The AdapterKey in the weights (None: the base); revision-exact, unlike _loaded_adapter.
+        self._active_key: AdapterKey | None = None
+        self.base_digest = backend.base_digest
+        self._digest_ok = True
+        self.metrics.digest_ok.set(1)
+        self.metrics.originals_bytes.set(backend.swapper.originals_bytes)
+        self.metrics.model.info(
+            {"model_id": self.info.model_id, "base_model_id": self.info.base_model_id, "device": self.info.device,
+             "dtype": self.info.dtype, "base_digest": self.base_digest}
+        )  # fmt: skip
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-prefetch")
+        self._worker = threading.Thread(target=self._work, name="lora-engine-worker", daemon=True)
+        self._worker.start()
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        """Load the pipeline ``config`` names (the demo model when ``MODEL_ID`` is unset on a CPU)."""
+        from .torch_backend import DiffusersBackend
+
+        return cls._with_backend(DiffusersBackend.from_config(config), config)
+
+    @classmethod
+    def from_pipeline(cls, pipeline, *, base_model_id: str, model_id: str | None = None, **options) -> "Engine":
+        """Serve a pipeline the caller built (benchmarks, embedding applications).
+
+        Args:
+            pipeline: a ``StableDiffusionXLPipeline`` on its device and dtype.
+            base_model_id (`str`): the ``base_model`` LoRA cards must name.
+            model_id (`str`, *optional*): a label for it; defaults to ``base_model_id``.
+            options: any ``EngineConfig`` field (``max_queue=``, ``local_lora_dirs=``, ...).
+        """
+        from .torch_backend import BackendInfo, DiffusersBackend
+
+        config = EngineConfig(base_model_id=base_model_id, **options)
+        info = BackendInfo(
+            model_id=model_id or base_model_id, base_model_id=base_model_id,
+            accepted_base_models=(base_model_id, *config.extra_base_models), device=str(pipeline.device),
+            dtype=str(pipeline.unet.dtype).removeprefix("torch."), is_demo=False,
+            default_steps=config.default_steps or 25, default_side=config.default_side or 1024,
+            default_guidance=config.default_guidance, local_lora_dirs=tuple(config.local_lora_dirs),
+        )  # fmt: skip
+        backend = DiffusersBackend(
+            pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals
+        )
+        return cls._with_backend(backend, config)
+
+    @classmethod
+    def _with_backend(cls, backend, config: EngineConfig) -> "Engine":
+        from .hub_fetch import AdapterFetcher
+
+        fetcher = AdapterFetcher(
+            accepted_base_models=backend.info.accepted_base_models,
+            local_dirs=tuple(Path(d) for d in backend.info.local_lora_dirs),
+            cache_dir=config.hub_cache_dir,
+            timeout_s=config.hub_timeout_s,
+            max_bytes=config.max_adapter_bytes,
+        )
+        return cls(backend, fetcher, config)
+
+    # -- the public surface ---------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, *, on_progress: ProgressCallback | None = None) -> Future:
+        """Queue a request; returns a Future of :class:`GenerationResult`.
+
+        Checks, in order: the engine is open, the queue has room (``QueueFull`` at once), the request is
+        valid (``InvalidRequest``/``InvalidAdapterId``). Cancelling the future before the request runs
+        drops it from the queue.
+
+        Raises:
+            EngineClosed, QueueFull, InvalidRequest, InvalidAdapterId
+        """
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            if len(self._state) >= self.config.max_queue:
+                self.metrics.refusals.labels(QueueFull.kind).inc()
+                raise QueueFull(self.config.max_queue)
+        try:
+            resolved = validate_request(request, self.limits, self._rng)
+        except EngineError as e:
+            self.metrics.refusals.labels(e.kind).inc()
+            raise
+        job = _Job(resolved, RequestFuture(), time.monotonic(), on_progress)
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            job.ticket = job.future.ticket = self._state.push(resolved.lora, job, job.enqueued_at)
+            self.metrics.queue_depth.set(len(self._state))
+            self._cond.notify_all()
+        job.future.add_done_callback(lambda f, job=job: self._on_done(job, f))
+        return job.future
+
+    def generate(self, request: GenerationRequest, timeout: float | None = None, **kwargs) -> GenerationResult:
+        """``submit(request).result(timeout)``: blocks until the image is ready."""
+        return self.submit(request, **kwargs).result(timeout)
+
+    def position(self, future: Future) -> int | None:
+        """How many requests run before this one (an estimate); None once it runs or is gone."""
+        ticket = getattr(future, "ticket", None)
+        if ticket is None:
+            return None
+        with self._cond:
+            return self._state.position(ticket, self._loaded_adapter, time.monotonic())
+
+    def status(self) -> EngineStatus:
+        with self._cond:
+            depth = len(self._state)
+            stats = self._state.stats
+        with self._cache_lock:
+            ram, dev = self._ram.stats(), self._device.stats()
+        return EngineStatus(
+            queue_depth=depth,
+            active_adapter=self._loaded_adapter,
+            base_digest=self.base_digest,
+            digest_ok=self._digest_ok,
+            ram_cache=asdict(ram),
+            device_cache=asdict(dev),
+            scheduler={
+                "dispatched": stats.dispatched,
+                "dispatched_out_of_order": stats.dispatched_out_of_order,
+                "max_overtaken_s": stats.max_overtaken_s,
+            },
+        )
+
+    def current_digest(self, timeout: float | None = None) -> str:
+        """The digest of the weights as they are now, computed on the worker (for tests and health checks).
+
+        It equals ``base_digest`` whenever no adapter is in the weights.
+        """
+        return self._call_on_worker(self.backend.digest, timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop taking requests, fail the waiting ones with ``EngineClosed``, and stop the threads."""
+        with self._cond:
+            self._closed = True
+            waiting = []
+            while (d := self._state.pop(None, time.monotonic())) is not None:
+                waiting.append(d.payload)
+            self._cond.notify_all()
+        for job in waiting:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(EngineClosed("the engine closed before this request ran"))
+        self._worker.join(timeout)
+        self._prefetcher.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the worker -------------------------------------------------------------------------------------
+
+    def _on_done(self, job: _Job, future: Future) -> None:
+        if future.cancelled():
+            with self._cond:
+                if job.ticket is not None and self._state.cancel(job.ticket):
+                    self.metrics.requests.labels("cancelled").inc()
+                self.metrics.queue_depth.set(len(self._state))
+
+    def _call_on_worker(self, fn, timeout):
+        # A control job rides the same queue as requests, so it runs between requests on the worker thread.
+        box: Future = Future()
+        with self._cond:
+            self._control.append((fn, box))
+            self._cond.notify_all()
+        return box.result(timeout)
+
+    def _next(self):
+        with self._cond:
+            while True:
+                if self._control:
+                    return self._control.pop(0)
+                if self._closed:
+                    return None
+                dispatch = self._state.pop(self._loaded_adapter, time.monotonic())
+                if dispatch is not None:
+                    self.metrics.queue_depth.set(len(self._state))
+                    self.metrics.waited_beyond_fifo.set(self._state.stats.max_overtaken_s)
+                    if self.config.prefetch:
+                        upcoming = self._state.peek_adapter(dispatch.ticket.adapter, time.monotonic())
+                        if upcoming and upcoming != dispatch.ticket.adapter:
+                            self._start_prefetch(upcoming)
+                    return dispatch.payload
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                fn, box = item
+                try:
+                    box.set_result(fn())
+                except Exception as e:  # forwarded to the caller; this thread must survive
+                    box.set_exception(e)
+                continue
+            job = item
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller left before it ran
+            try:
+                result = self._run(job)
+            except EngineError as e:
+                self.metrics.refusals.labels(e.kind).inc()
+                self.metrics.requests.labels("refused").inc()
+                job.future.set_exception(e)
+            except Exception as e:  # a bug: logged with its traceback, forwarded, and the worker lives on
+                logger.exception("request failed unexpectedly: %r", job.request)
+                self.metrics.requests.labels("error").inc()
+                job.future.set_exception(e)
+            else:
+                self.metrics.requests.labels("ok").inc()
+                job.future.set_result(result)
+
+    def _run(self, job: _Job) -> GenerationResult:
+        req = job.request
+        started = time.monotonic()
+        queue_s = started - job.enqueued_at
+        self.metrics.queue_wait.labels(self.metrics.adapter_label(req.lora)).observe(queue_s)
+
+        loaded = None if req.lora == BASE_ADAPTER else self._adapter_for_worker(req.lora)
+        fetched = time.monotonic()
+        swap_s = self._swap_to(loaded, req.lora_scale)
+        swapped = time.monotonic()
+
+        image = self.backend.generate(req, job.on_progress)
+        done = time.monotonic()
+        self.metrics.inference_seconds.observe(done - swapped)
+        timings = Timings(queue_s=queue_s, fetch_s=fetched - started, swap_s=swap_s, inference_s=done - swapped)
+        return GenerationResult(
+            image=image,
+            seed=req.seed,
+            lora=req.lora,
+            timings=timings,
+            request=req,
+            adapter_revision=None if loaded is None else loaded.key.revision,
+            cache_tier=None if loaded is None else loaded.tier,
+            weights_digest=self.base_digest,
+        )
+
+    def _swap_to(self, loaded: _Loaded | None, scale: float) -> float:
+        swapper = self.backend.swapper
+        want = None if loaded is None or scale == 0.0 else (loaded.key.repo_id, scale)
+        have = None if swapper.active is None else (swapper.active.adapter_id, swapper.active.scale)
+        if want == have and (loaded is None or self._active_key == loaded.key):
+            return 0.0
+        t0 = time.monotonic()
+        try:
+            self.backend.swap(None if loaded is None else loaded.adapter, scale)
+        finally:
+            # Whatever happened, the swapper is at the new adapter or (after a failure) at the exact base.
+            self._active_key = loaded.key if (loaded is not None and swapper.active is not None) else None
+            self._loaded_adapter = swapper.active.adapter_id if swapper.active is not None else BASE_ADAPTER
+            with self._cache_lock:
+                self._device.pin(self._active_key)
+        swap_s = time.monotonic() - t0
+        self.metrics.swaps.inc()
+        self.metrics.swap_seconds.observe(swap_s)
+        self.metrics.originals_bytes.set(swapper.originals_bytes)
+        if swapper.active is None and self.config.verify_restores:
+            self._check_digest()
+        return swap_s
+
+    def _check_digest(self) -> None:
+        digest = self.backend.digest()
+        self.metrics.digest_checks.inc()
+        if digest != self.base_digest:
+            # Should be impossible (restores are copies); make it loud rather than serve a corrupted base.
+            self._digest_ok = False
+            self.metrics.digest_ok.set(0)
+            logger.error("base weights digest %s differs from the startup digest %s", digest, self.base_digest)
+
+    # -- adapters: cache tiers, prefetch --------------------------------------------------------------
+
+    def _adapter_for_worker(self, adapter_id: str) -> _Loaded:
+        t0 = time.monotonic()
+        key, tier = self._ensure_in_ram(adapter_id)
+        with self._cache_lock:
+            ready = self._device.get(key)
+            if ready is not None:
+                self.metrics.cache_lookups.labels("device" if tier == "ram" else tier).inc()
+                return _Loaded(key, ready, "active" if key == self._active_key else "device", time.monotonic() - t0)
+            parsed = self._ram.get(key)
+        if parsed is None:
+            # Evicted between the two lookups by a concurrent prefetch: parse again, on this thread.
+            key, tier = self._ensure_in_ram(adapter_id, force=True)
+            with self._cache_lock:
+                parsed = self._ram.get(key)
+        prepared = self.backend.prepare(parsed)
+        with self._cache_lock:
+            for _ in self._device.put(key, prepared, prepared.nbytes):
+                self.metrics.evictions.labels("device").inc()
+            self.metrics.cache_bytes.labels("device").set(self._device.bytes)
+        self.metrics.cache_lookups.labels(tier).inc()
+        return _Loaded(key, prepared, tier, time.monotonic() - t0)
+
+    def _ensure_in_ram(self, adapter_id: str, force: bool = False) -> tuple[AdapterKey, str]:
+        """Make sure the adapter is parsed in the RAM tier; returns its key and the tier it came from.
+
+        Waits for a prefetch of the same adapter rather than fetching it twice.
+        """
+        while True:
+            with self._cache_lock:
+                inflight = self._inflight.get(adapter_id)
+                if inflight is None:
+                    inflight = _Inflight()
+                    self._inflight[adapter_id] = inflight
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                inflight.done.wait()
+                if inflight.error is not None:
+                    raise inflight.error
+                with self._cache_lock:
+                    if inflight.key in self._ram:
+                        return inflight.key, "ram"
+                continue  # evicted meanwhile: fetch it ourselves
+            try:
+                key, tier = self._load_into_ram(adapter_id, force)
+                inflight.key = key
+                return key, tier
+            except BaseException as e:
+                inflight.error = e
+                raise
+            finally:
+                with self._cache_lock:
+                    self._inflight.pop(adapter_id, None)
+                inflight.done.set()
+
+    def _load_into_ram(self, adapter_id: str, force: bool) -> tuple[AdapterKey, str]:
+        from .torch_adapters import load_adapter_file, parse_lora_state_dict
+
+        t0 = time.monotonic()
+        source = self.fetcher.fetch(adapter_id)
+        with self._cache_lock:
+            refused = self._refused.get(source.key)
+            if refused is not None:
+                raise refused
+            if not force and source.key in self._ram:
+                self._ram.get(source.key)
+                return source.key, "ram"
+        try:
+            tensors, metadata = load_adapter_file(adapter_id, source.path, max_bytes=self.config.max_adapter_bytes)
+            parsed = parse_lora_state_dict(adapter_id, tensors, metadata, self.backend.index)
+        except AdapterError as e:
+            with self._cache_lock:
+                self._refused[source.key] = e
+            raise
+        with self._cache_lock:
+            for _ in self._ram.put(source.key, parsed, parsed.nbytes):
+                self.metrics.evictions.labels("ram").inc()
+            self.metrics.cache_bytes.labels("ram").set(self._ram.bytes)
+        self.metrics.fetch_seconds.observe(time.monotonic() - t0)
+        return source.key, source.origin
+
+    def _start_prefetch(self, adapter_id: str) -> None:
+        """Called under ``_cond`` by the worker: fetch+parse ``adapter_id`` on the prefetch thread."""
+        if adapter_id == BASE_ADAPTER:
+            return
+        with self._cache_lock:
+            if adapter_id in self._inflight:
+                return
+
+        def run():
+            try:
+                self._ensure_in_ram(adapter_id)
+                self.metrics.prefetches.labels("ok").inc()
+            except EngineError:
+                # The request itself will meet the same error and report it; nothing to do here.
+                self.metrics.prefetches.labels("refused").inc()
+            except Exception:  # never let a prefetch bug kill the prefetch thread; the request retries
+                logger.exception("prefetch of %s failed", adapter_id)
+                self.metrics.prefetches.labels("error").inc()
+
+        try:
+            self._prefetcher.submit(run)
+        except RuntimeError:
+            pass  # shut down
