@@ -243,7 +243,7 @@ class AdapterFetcher:
         api = HfApi(endpoint=self.endpoint, token=self.token)
         with _hub_errors(adapter_id):
             info = api.model_info(adapter_id, files_metadata=True, timeout=self.timeout_s)
-        card = dict(info.card_data or {}) if info.card_data is not None else {}
+        card = info.card_data.to_dict() if info.card_data is not None else {}
         check_card(adapter_id, card, list(info.tags or []), self.accepted)
         siblings = {s.rfilename: s for s in (info.siblings or [])}
         weight = choose_weight_file(adapter_id, list(siblings), card)

@@ -25,12 +25,13 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 
+from tests.support.facts import catalogue_facts_path  # noqa: E402
 from tests.support.fake_hub import FakeHub, write_repo  # noqa: E402
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SD15 = "runwayml/stable-diffusion-v1-5"
 ADAPTER_SDXL = f"base_model:adapter:{SDXL}"
-FACTS = Path("/work/shared/catalogue_facts.json")
+FACTS = catalogue_facts_path()
 LORA_TAGS = ["text-to-image", "stable-diffusion", "lora", "diffusers"]
 
 

@@ -1,0 +1,88 @@
+"""The offline world every test runs in: a loopback fake Hub, a private HF cache, the built demo model.
+
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` once, when it is first imported,
+so they are set here at import time, before any test module imports it: the fake Hub starts now (on a
+free port on 127.0.0.1, serving repos from a session folder that fixtures fill), and the real client then
+talks to it with no patching. Tests that need a clean Hub use the ``fake_hub`` fixture, which resets its
+knobs (delay, failures) and request log after each test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="lora-tests-"))
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+
+from tests.support.fake_hub import FakeHub  # noqa: E402  (stdlib + yaml only: no huggingface_hub yet)
+
+_HUB = FakeHub(_SESSION_DIR / "hub")
+_HUB_URL = _HUB.start()
+atexit.register(_HUB.stop)
+
+os.environ["HF_ENDPOINT"] = _HUB_URL
+os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("HF_TOKEN", None)
+# The demo model is cached per session here, never in the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = str(_SESSION_DIR / "xdg_cache")
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "gpu: needs CUDA (opt-in; never runs in CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # GPU tests are opt-in, and say so in the report rather than vanish.
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (opt-in marker `gpu`)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture
+def fake_hub() -> FakeHub:
+    """The loopback Hub (``HF_ENDPOINT`` points at it); knobs and request log are reset after each test."""
+    _HUB.reset()
+    yield _HUB
+    _HUB.reset()
+
+
+@pytest.fixture(scope="session")
+def hub_root() -> Path:
+    return Path(_HUB.root)
+
+
+@pytest.fixture(scope="session")
+def demo_assets():
+    """The built-in demo model and LoRAs, built once per session (a few seconds) into the session cache."""
+    from lora_engine.torch_demo import ensure_demo_assets
+
+    return ensure_demo_assets(_SESSION_DIR / "demo")
+
+
+@pytest.fixture(scope="session")
+def catalogue_facts() -> dict:
+    """Real SDXL LoRA facts, read from ``../shared/catalogue_facts.json`` beside the checkout."""
+    from tests.support.facts import load_catalogue_facts
+
+    return load_catalogue_facts()
