@@ -351,9 +351,10 @@ def _card_strings(value: Any, out: list[str]) -> None:
 def _named_in(candidate: str, texts: Sequence[str]) -> bool:
     base = candidate.rsplit("/", 1)[-1]
     stem = base[: -len(".safetensors")]
-    exact = re.compile(r"(?<![\w.\-])" + re.escape(base) + r"(?![\w\-])")
+    # The name as a whole word: "a.safetensors" is not named by "ba.safetensors"; a sub-folder path may precede.
+    exact = re.compile(r"(?<![\w.\-])(?:[\w.\-]+/)*" + re.escape(base) + r"(?![\w\-])")
     for text in texts:
-        if candidate in text or exact.search(text):
+        if exact.search(text):
             return True
         if any(ref.strip() == stem for ref in _KOHYA_REF.findall(text)):
             return True

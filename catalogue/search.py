@@ -16,7 +16,7 @@ Matching rules:
   trigger words, tags; ``base_model:*`` and ``region:*`` tags are left out since every entry has them).
   Substring rather than token prefix, so "art" also finds "pixelart".
 * Relevance: each word scores by where and how well it matched, best of
-  field weight (name/title 4, trigger words 3, owner 2, tags 1) x match strength (whole token 3,
+  field weight (name/title 4, trigger words 3, owner or whole repo id 2, tags 1) x match strength (whole token 3,
   token prefix 2, substring 1); the entry's score is the sum over words, plus 100 when the whole query
   equals the repo name, the title or the repo id. So an exact repo-name or title hit ranks above a
   trigger-word hit, which ranks above a tag-only hit.
@@ -126,7 +126,7 @@ class SearchIndex:
             own, _, name = e.repo_id.partition("/")
             p = [_norm(name), _norm(e.title)]
             t = [_norm(e.trigger_words)]
-            o = [_norm(own)]
+            o = [_norm(own), _norm(e.repo_id)]  # the whole id too, so "nerijs/pixel" matches
             g = [_norm(tag) for tag in e.tags if not tag.startswith(_SKIP_TAG_PREFIXES)]
             primary.append(_field(p))
             trigger.append(_field(t))

@@ -144,6 +144,8 @@ class Engine:
         self._control: list[tuple[Callable[[], object], Future]] = []
         # The AdapterKey in the weights (None: the base); revision-exact, unlike _loaded_adapter.
         self._active_key: AdapterKey | None = None
+        # Its factors on the device, held here so no cache eviction can take them while they are in use.
+        self._active_prepared: object | None = None
         self.base_digest = backend.base_digest
         self._digest_ok = True
         self.metrics.digest_ok.set(1)
@@ -397,6 +399,7 @@ class Engine:
         finally:
             # Whatever happened, the swapper is at the new adapter or (after a failure) at the exact base.
             self._active_key = loaded.key if (loaded is not None and swapper.active is not None) else None
+            self._active_prepared = loaded.adapter if self._active_key is not None else None
             self._loaded_adapter = swapper.active.adapter_id if swapper.active is not None else BASE_ADAPTER
             with self._cache_lock:
                 self._device.pin(self._active_key)
@@ -421,12 +424,17 @@ class Engine:
 
     def _adapter_for_worker(self, adapter_id: str) -> _Loaded:
         t0 = time.monotonic()
+        known = self.fetcher.known_key(adapter_id)
+        if known is not None and known == self._active_key and self._active_prepared is not None:
+            self.metrics.cache_lookups.labels("active").inc()
+            return _Loaded(known, self._active_prepared, "active", time.monotonic() - t0)
+        with self._cache_lock:
+            ready = None if known is None else self._device.get(known)
+        if ready is not None:
+            self.metrics.cache_lookups.labels("device").inc()
+            return _Loaded(known, ready, "device", time.monotonic() - t0)
         key, tier = self._ensure_in_ram(adapter_id)
         with self._cache_lock:
-            ready = self._device.get(key)
-            if ready is not None:
-                self.metrics.cache_lookups.labels("device" if tier == "ram" else tier).inc()
-                return _Loaded(key, ready, "active" if key == self._active_key else "device", time.monotonic() - t0)
             parsed = self._ram.get(key)
         if parsed is None:
             # Evicted between the two lookups by a concurrent prefetch: parse again, on this thread.
@@ -479,13 +487,16 @@ class Engine:
         from .torch_adapters import load_adapter_file, parse_lora_state_dict
 
         t0 = time.monotonic()
+        known = None if force else self.fetcher.known_key(adapter_id)
+        with self._cache_lock:
+            if known is not None and known in self._ram:
+                return known, "ram"
         source = self.fetcher.fetch(adapter_id)
         with self._cache_lock:
             refused = self._refused.get(source.key)
             if refused is not None:
                 raise refused
             if not force and source.key in self._ram:
-                self._ram.get(source.key)
                 return source.key, "ram"
         try:
             tensors, metadata = load_adapter_file(adapter_id, source.path, max_bytes=self.config.max_adapter_bytes)

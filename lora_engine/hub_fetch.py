@@ -209,6 +209,20 @@ class AdapterFetcher:
             )
         return self._download(adapter_id, key)
 
+    def known_key(self, adapter_id: str) -> AdapterKey | None:
+        """The adapter's key if it can be had without the network (local, or a fresh resolution); else None.
+
+        Lets the engine find an adapter in its RAM tier without a Hub round trip or a disk check.
+        """
+        local = self.local_dir(adapter_id)
+        if local is not None:
+            return self._fetch_local(adapter_id, local).key
+        with self._lock:
+            hit = self._resolved.get(adapter_id)
+        if hit is not None and hit.key is not None and time.monotonic() - hit.at < self.resolve_ttl_s:
+            return hit.key
+        return None
+
     def _fetch_local(self, adapter_id: str, folder: Path) -> AdapterSource:
         readme = folder / "README.md"
         card = read_card(readme.read_text(encoding="utf-8")) if readme.is_file() else {}

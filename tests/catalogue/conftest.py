@@ -144,7 +144,7 @@ def build_world(root: Path) -> dict[str, dict]:
     write_repo(root, "ambiguous/two-loras", {"style-a.safetensors": b"A", "style-b.safetensors": b"B"},
                card={"tags": ["lora", "text-to-image"], "base_model": SDXL}, downloads=2, likes=0,
                last_modified=_date(161))
-    expected["ambiguous/two-loras"] = dict(weight_name=None, trigger_words=None, title="Two LoRAs", thumb=None,
+    expected["ambiguous/two-loras"] = dict(weight_name=None, trigger_words=None, title="Two Loras", thumb=None,
                                            reason="2 .safetensors files")
 
     # list-valued base_model containing SDXL (and the refiner).

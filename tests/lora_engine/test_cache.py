@@ -1,0 +1,148 @@
+"""The adapter cache: the pure byte-bounded LRU, and the tiers as the engine uses them (disk/RAM/device)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from lora_engine import Engine
+from lora_engine.adapter_cache import AdapterKey, ByteLRU
+from lora_engine.torch_demo import DEMO_LORAS
+from tests.lora_engine.conftest import fast
+from tests.support.loras import SDXL, publish
+
+
+def test_lru_evicts_least_recently_used_by_bytes():
+    lru = ByteLRU(100)
+    assert lru.put("a", 1, 40) == []
+    assert lru.put("b", 2, 40) == []
+    assert lru.get("a") == 1  # a is now the most recent
+    assert lru.put("c", 3, 40) == ["b"]
+    assert lru.keys() == ["a", "c"] and lru.bytes == 80
+    assert lru.put("d", 4, 100) == ["a", "c"]
+    assert lru.stats().evictions == 3 and lru.bytes == 100
+
+
+def test_lru_never_evicts_the_pinned_entry_and_refuses_what_cannot_fit():
+    lru = ByteLRU(100)
+    lru.put("active", 1, 60)
+    lru.pin("active")
+    lru.put("x", 2, 30)
+    assert lru.put("y", 3, 30) == ["x"]
+    assert "active" in lru
+    assert lru.put("huge", 4, 50) == ["huge"]  # 60 pinned + 50 > 100: not kept, nothing else flushed
+    assert "huge" not in lru and "y" in lru
+    with pytest.raises(ValueError, match="-1"):
+        lru.put("neg", 0, -1)
+
+
+def test_lru_replacing_a_key_updates_bytes_and_counts_hits():
+    lru = ByteLRU(10)
+    lru.put("k", 1, 4)
+    lru.put("k", 2, 6)
+    assert lru.bytes == 6 and lru.get("k") == 2 and lru.get("nope") is None
+    s = lru.stats()
+    assert (s.hits, s.misses, s.entries) == (1, 1, 1)
+
+
+def test_adapter_key_names_repo_file_and_revision():
+    key = AdapterKey("nerijs/pixel-art-xl", "pixel-art-xl.safetensors", "a" * 40)
+    assert str(key) == "nerijs/pixel-art-xl/pixel-art-xl.safetensors@aaaaaaaaaaaa"
+
+
+@pytest.fixture(scope="module")
+def tier_repos(hub_root, demo_assets):
+    ids = []
+    for i, spec in enumerate(DEMO_LORAS):
+        repo = f"tiers/lora-{i}"
+        data = (demo_assets.lora_dir(spec.repo_id) / spec.weight_name).read_bytes()
+        publish(hub_root, repo, {f"lora-{i}.safetensors": data})
+        ids.append(repo)
+    return ids
+
+
+def test_tiers_hub_then_ram_then_disk_with_no_second_get(load_demo_pipeline, tier_repos, tmp_path, fake_hub):
+    """A small RAM budget forces evictions; an evicted adapter comes back from disk, never the network."""
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
+        ram_cache_bytes=1_300_000, device_cache_bytes=0, prefetch=False,
+    )  # fmt: skip
+    try:
+        tiers = [engine.generate(fast(lora=r)).cache_tier for r in tier_repos]
+        assert tiers == ["hub"] * len(tier_repos)
+        status = engine.status()
+        assert status.ram_cache["bytes"] <= 1_300_000 and status.ram_cache["evictions"] > 0
+        assert status.device_cache["bytes"] == 0  # tier off: the RAM tier alone must serve
+
+        last = engine.generate(fast(lora=tier_repos[-1]))
+        assert last.cache_tier == "active"  # still in the weights: no fetch, no swap
+        assert last.timings.swap_s == 0.0
+
+        gets_before = len(fake_hub.requests_matching("GET", "/resolve/"))
+        again = engine.generate(fast(lora=tier_repos[0]))  # evicted from RAM long ago
+        assert again.cache_tier == "disk"
+        assert len(fake_hub.requests_matching("GET", "/resolve/")) == gets_before
+
+        engine.generate(fast(lora=tier_repos[1]))
+        back = engine.generate(fast(lora=tier_repos[0]))
+        assert back.cache_tier == "ram"
+    finally:
+        engine.close()
+
+
+def test_device_tier_serves_recent_adapters(load_demo_pipeline, tier_repos, tmp_path):
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
+        prefetch=False,
+    )  # fmt: skip
+    try:
+        assert [engine.generate(fast(lora=r)).cache_tier for r in tier_repos[:2]] == ["hub", "hub"]
+        assert engine.generate(fast(lora=tier_repos[0])).cache_tier == "device"
+        assert engine.generate(fast(lora=tier_repos[0], lora_scale=0.5)).cache_tier == "active"
+    finally:
+        engine.close()
+
+
+def test_a_moved_revision_gets_a_new_cache_entry(load_demo_pipeline, hub_root, demo_assets, tmp_path, fake_hub):
+    specs = DEMO_LORAS[:2]
+    first_bytes, second_bytes = ((demo_assets.lora_dir(s.repo_id) / s.weight_name).read_bytes() for s in specs)
+    publish(hub_root, "moving/lora", {"lora.safetensors": first_bytes})
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64
+    )
+    try:
+        old_sha = fake_hub.sha("moving/lora")
+        a = engine.generate(fast(lora="moving/lora"))
+        publish(hub_root, "moving/lora", {"lora.safetensors": second_bytes})
+        engine.fetcher.forget("moving/lora")  # as if the resolution TTL had passed
+        b = engine.generate(fast(lora="moving/lora"))
+        assert a.adapter_revision == old_sha and b.adapter_revision == fake_hub.sha("moving/lora") != old_sha
+        assert b.cache_tier == "hub"
+        assert len(list(tmp_path.glob("models--moving--lora/snapshots/*"))) == 2
+    finally:
+        engine.close()
+
+
+def test_prefetch_parses_the_next_adapter_off_the_worker_thread(load_demo_pipeline, tier_repos, tmp_path):
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=4, default_side=64,
+        max_wait_s=0.0,
+    )  # fmt: skip
+    seen = []
+    fetch = engine.fetcher.fetch
+
+    def recording_fetch(adapter_id):
+        seen.append((adapter_id, threading.current_thread().name))
+        return fetch(adapter_id)
+
+    engine.fetcher.fetch = recording_fetch
+    try:
+        futures = [engine.submit(fast(lora=r, num_inference_steps=4)) for r in tier_repos[:3]]
+        results = [f.result(60) for f in futures]
+    finally:
+        engine.close()
+    threads = dict(seen)
+    assert threads[tier_repos[0]] == "lora-engine-worker"
+    assert all(name.startswith("lora-prefetch") for r, name in seen if r != tier_repos[0])
+    assert [r.cache_tier for r in results[1:]] == ["ram", "ram"]
