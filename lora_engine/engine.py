@@ -242,6 +242,23 @@ class Engine:
         """``submit(request).result(timeout)``: blocks until the image is ready."""
         return self.submit(request, **kwargs).result(timeout)
 
+    def check_adapter(self, adapter_id: str):
+        """Check an adapter id against this base model without loading it (for the UI's "Any Hub LoRA").
+
+        Returns:
+            `AdapterKey`: the repo, the chosen weight file and the revision it resolved to.
+
+        Raises:
+            InvalidAdapterId, AdapterNotFound, AdapterGated, AdapterFetchError, IncompatibleAdapter,
+            UnsafeAdapterFile
+        """
+        from .request import check_adapter_id
+
+        check_adapter_id(adapter_id)
+        if adapter_id == BASE_ADAPTER:
+            return None
+        return self.fetcher.resolve(adapter_id)
+
     def position(self, future: Future) -> int | None:
         """How many requests run before this one (an estimate); None once it runs or is gone."""
         ticket = getattr(future, "ticket", None)

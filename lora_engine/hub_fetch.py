@@ -202,12 +202,19 @@ class AdapterFetcher:
         local = self.local_dir(adapter_id)
         if local is not None:
             return self._fetch_local(adapter_id, local)
+        return self._download(adapter_id, self.resolve(adapter_id))
+
+    def resolve(self, adapter_id: str) -> AdapterKey:
+        """Check the card and choose the file, without downloading it (cached like ``fetch``'s resolution)."""
+        local = self.local_dir(adapter_id)
+        if local is not None:
+            return self._fetch_local(adapter_id, local).key
         key, size = self._resolve(adapter_id)
         if size is not None and size > self.max_bytes:
             raise UnsafeAdapterFile(
                 adapter_id, f"{key.weight_name} is {size} bytes, over the {self.max_bytes}-byte size cap"
             )
-        return self._download(adapter_id, key)
+        return key
 
     def known_key(self, adapter_id: str) -> AdapterKey | None:
         """The adapter's key if it can be had without the network (local, or a fresh resolution); else None.

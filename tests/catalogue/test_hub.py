@@ -94,8 +94,10 @@ def test_card_naming_another_base_is_excluded_even_if_tags_match(hub, monkeypatc
     assert "multi/dual-base-lora" not in _by_id(listing) and listing.excluded == ("multi/dual-base-lora",)
 
 
-def test_other_base_model_lists_nothing_here(hub):
-    assert make_source(hub.url).fetch("runwayml/stable-diffusion-v1-5").entries == ()
+def test_the_base_model_is_a_parameter(hub):
+    listing = make_source(hub.url).fetch("runwayml/stable-diffusion-v1-5")
+    assert [e.repo_id for e in listing.entries] == ["sd15fan/sd15-lora"]
+    assert make_source(hub.url).fetch("nobody/no-such-base").entries == ()
 
 
 def test_slow_hub_times_out_at_the_deadline(hub):
