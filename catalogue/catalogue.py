@@ -24,6 +24,7 @@ States (``status().state``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -104,6 +105,19 @@ def _version(
     entries = tuple(by_id.values())
     return _Version(local, hub, hub_fetched_at, hub_live, last_error, entries, MappingProxyType(by_id),
                     SearchIndex(entries))
+
+
+def _rebase(snap: Snapshot, endpoint: str) -> tuple[CatalogueEntry, ...]:
+    """The snapshot's entries with thumbnail URLs moved from the endpoint they were saved on to ``endpoint``."""
+    old = snap.endpoint
+    if not old or old == endpoint:
+        return snap.entries
+    prefix = old.rstrip("/") + "/"
+    return tuple(
+        dataclasses.replace(e, thumbnail=endpoint + "/" + e.thumbnail[len(prefix):])
+        if e.thumbnail and e.thumbnail.startswith(prefix) else e
+        for e in snap.entries
+    )
 
 
 class Catalogue:
@@ -193,7 +207,7 @@ class Catalogue:
         if self.hub is not None:
             snap = load_snapshot(self.snapshot_file, self.base_model)
             if snap is not None:
-                hub_entries, fetched_at = snap.entries, snap.saved_at
+                hub_entries, fetched_at = _rebase(snap, self.hub.endpoint), snap.saved_at
                 logger.info("serving %d catalogue entries from the snapshot of %s", len(hub_entries), fetched_at)
         with self._refresh_lock:
             self._version = _version(local, hub_entries, fetched_at, False, None)
@@ -204,7 +218,10 @@ class Catalogue:
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the background refresh (waiting up to ``timeout_s`` for a running one) and thumbnail fetches."""
+        """Stop the background refresh (waiting up to ``timeout_s`` for a running one) and thumbnail fetches.
+
+        Reads keep working on the last version; thumbnails are no longer fetched.
+        """
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -247,7 +264,7 @@ class Catalogue:
                     errors.append(str(e))
                 else:
                     hub_entries, fetched_at, live = listing.entries, listing.fetched_at, True
-                    self._save(Snapshot(self.base_model, listing.fetched_at, listing.entries))
+                    self._save(Snapshot(self.base_model, listing.fetched_at, listing.entries, self.hub.endpoint))
             self._version = _version(local, hub_entries, fetched_at, live, "; ".join(errors) or None)
             return not errors
 

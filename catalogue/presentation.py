@@ -67,4 +67,5 @@ def with_trigger_words(prompt: str, trigger_words: str | None, previous: str | N
             prompt = prompt[len(prefix) :].lstrip(" ,")
     if not trigger_words or _contains_words(prompt, trigger_words):
         return prompt
-    return f"{trigger_words.strip()}, {prompt}" if prompt.strip() else trigger_words.strip()
+    # An empty prompt gets a trailing ", " so the user can type straight after the trigger words.
+    return f"{trigger_words.strip()}, {prompt}" if prompt.strip() else f"{trigger_words.strip()}, "

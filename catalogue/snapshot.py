@@ -10,9 +10,11 @@ from their folder at every start).
 Format (``format_version`` 1)::
 
     {"format_version": 1, "saved_at": "2024-05-01T12:00:00Z", "base_model": "owner/name",
-     "entries": [CatalogueEntry.to_dict(), ...]}
+     "endpoint": "https://huggingface.co", "entries": [CatalogueEntry.to_dict(), ...]}
 
 ``saved_at`` is when the entries were fetched from the Hub, which is what "snapshot age" measures.
+``endpoint`` (optional) is the Hub the thumbnail URLs point at, so a reader on another endpoint (a loopback
+Hub on a new port) can rebase them.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ class Snapshot:
         base_model (`str`): the base model the entries are for.
         saved_at (`datetime`): when the entries were fetched (UTC).
         entries (`tuple[CatalogueEntry, ...]`): the Hub entries.
+        endpoint (`str`, *optional*): the Hub they were listed from.
     """
 
     base_model: str  # entries are adapters for this base model
     saved_at: datetime  # aware UTC; when the Hub answered, not when the file was written
     entries: tuple[CatalogueEntry, ...]  # Hub entries only; local ones are re-read at start
+    endpoint: str | None = None  # the Hub the entries' thumbnail URLs point at
 
 
 def snapshot_path(cache_dir: Path | str, base_model: str) -> Path:
@@ -70,6 +74,7 @@ def save_snapshot(path: Path | str, snapshot: Snapshot) -> None:
         "format_version": FORMAT_VERSION,
         "saved_at": iso_utc(snapshot.saved_at),
         "base_model": snapshot.base_model,
+        "endpoint": snapshot.endpoint,
         "entries": [e.to_dict() for e in snapshot.entries],
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -121,6 +126,9 @@ def read_snapshot(path: Path | str, base_model: str | None = None) -> Snapshot:
         saved_at = datetime.strptime(str(data.get("saved_at")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     except ValueError as e:
         raise SnapshotError(f"snapshot {path} has a bad saved_at {data.get('saved_at')!r}", str(path)) from e
+    endpoint = data.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise SnapshotError(f"snapshot {path} has a bad endpoint {endpoint!r}", str(path))
     records = data.get("entries")
     if not isinstance(records, list):
         raise SnapshotError(f"snapshot {path} has no entries list", str(path))
@@ -128,7 +136,7 @@ def read_snapshot(path: Path | str, base_model: str | None = None) -> Snapshot:
         entries = tuple(CatalogueEntry.from_dict(r) for r in records)
     except InvalidEntry as e:
         raise SnapshotError(f"snapshot {path} has a bad entry: {e}", str(path)) from e
-    return Snapshot(base_model=saved_base, saved_at=saved_at, entries=entries)
+    return Snapshot(base_model=saved_base, saved_at=saved_at, entries=entries, endpoint=endpoint)
 
 
 def load_snapshot(path: Path | str, base_model: str) -> Snapshot | None:

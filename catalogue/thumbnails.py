@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .entries import CatalogueEntry, is_absolute_url
@@ -98,7 +98,7 @@ class ThumbnailCache:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="catalogue-thumb")
             self._pending.add(ref)
-            self._executor.submit(self._fetch, ref)
+            self._executor.submit(self._fetch, ref).add_done_callback(_log_crash)
 
     def _fetch(self, ref: RepoFile) -> None:
         assert self.hub is not None
@@ -160,3 +160,9 @@ class ThumbnailCache:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_crash(future: Future) -> None:
+    # Expected failures are handled in _fetch; anything else is a bug the executor would otherwise swallow.
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("thumbnail fetch crashed", exc_info=future.exception())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -134,6 +135,19 @@ def test_failing_hub_keeps_the_previous_entries_and_recovers(hub, make):
     assert cat.hub.wait_idle(5)
     assert cat.refresh_now() is True
     assert cat.status().state == "live" and cat.status().last_error is None
+
+
+def test_snapshot_thumbnails_follow_a_moved_endpoint(hub, make, tmp_path):
+    old = _old_snapshot(tmp_path / "cache")
+    moved = tuple(dataclasses.replace(e, thumbnail=f"http://old-host:1/{e.repo_id}/resolve/abc/a.png")
+                  for e in old.entries)
+    moved = moved[:1] + (dataclasses.replace(moved[1], thumbnail="https://elsewhere.example/x.png"),)
+    save_snapshot(snapshot_path(tmp_path / "cache", SDXL), Snapshot(SDXL, old.saved_at, moved, "http://old-host:1"))
+    hub.hub.fail_status, hub.hub.fail_paths = 400, r"^/api/models"
+    cat = make()
+    cat.start()
+    assert cat.get("snap/entry-0").thumbnail == f"{hub.url}/snap/entry-0/resolve/abc/a.png"
+    assert cat.get("snap/entry-1").thumbnail == "https://elsewhere.example/x.png"
 
 
 def test_without_a_snapshot_the_state_is_local_only_until_a_refresh_succeeds(hub, make, tmp_path):

@@ -31,10 +31,11 @@ def _entries():
 def test_round_trip(tmp_path):
     path = snapshot_path(tmp_path / "cache", SDXL)
     assert path.name == "catalogue-stabilityai--stable-diffusion-xl-base-1.0.json"
-    snap = Snapshot(SDXL, WHEN, _entries())
+    snap = Snapshot(SDXL, WHEN, _entries(), endpoint="http://h")
     save_snapshot(path, snap)
     raw = json.loads(path.read_text())
     assert raw["format_version"] == FORMAT_VERSION == 1 and raw["saved_at"] == "2024-05-01T12:00:00Z"
+    assert raw["endpoint"] == "http://h"
     assert raw["base_model"] == SDXL and len(raw["entries"]) == 5
     assert read_snapshot(path, SDXL) == snap == load_snapshot(path, SDXL)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
