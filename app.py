@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from catalogue.presentation import caption, describe_entry, with_trigger_words
@@ -101,31 +100,58 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def run_request(engine, request: GenerationRequest, on_wait: Callable[[object, tuple[int, int] | None], None]):
-    """Submit and wait, calling ``on_wait(position_or_None, (step, total) or None)`` about 5 times a second.
+class RequestWaiter:
+    """One submitted request, polled from the handler's thread (progress is never reported from the worker).
 
-    Progress is reported from this (the handler's) thread, never from the engine's worker.
+    ``cancel()`` drops the request if it has not started; handlers call it when their caller goes away.
     """
-    latest: list[tuple[int, int]] = []
-    future = engine.submit(request, on_progress=lambda step, total: latest.append((step, total)))
+
+    def __init__(self, engine, request: GenerationRequest):
+        self._latest: list[tuple[int, int]] = []
+        self._engine = engine
+        self.future = engine.submit(request, on_progress=lambda step, total: self._latest.append((step, total)))
+
+    def poll(self, timeout: float):
+        """The result, or None if it is not ready within ``timeout`` seconds; raises the request's error."""
+        try:
+            return self.future.result(timeout=timeout)
+        except TimeoutError:
+            return None
+
+    @property
+    def position(self) -> int | None:
+        return self._engine.position(self.future)
+
+    @property
+    def step(self) -> tuple[int, int] | None:
+        return self._latest[-1] if self._latest else None
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+def zero_gpu_decorator():
+    """``spaces.GPU`` when running on a ZeroGPU Space (``SPACES_ZERO_GPU`` set and ``spaces`` importable), else None."""
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "true"):
+        return None
     try:
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except TimeoutError:
-                on_wait(engine.position(future), latest[-1] if latest else None)
-    finally:
-        # The caller left (handler cancelled, client gone): drop the request if it has not started.
-        future.cancel()
+        import spaces
+    except ImportError:
+        logger.warning("SPACES_ZERO_GPU is set but the `spaces` package is missing; running without it")
+        return None
+    return spaces.GPU(duration=120)
 
 
-def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB):
+def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
     """Build the Gradio Blocks for ``engine`` and ``catalogue``; launches nothing.
 
     Args:
         engine (`lora_engine.Engine`): generates the images.
         catalogue (`catalogue.Catalogue`): lists and searches LoRAs.
         hub_web (`str`, *optional*): where "Hub page" links point.
+        gpu_call (`Callable`, *optional*): a decorator such as ``spaces.GPU(duration=...)``. When given, each
+            request runs inside a call wrapped by it (``engine.generate_inline``), which restores the base
+            weights before returning, since on ZeroGPU nothing done inside such a call outlives it.
 
     Returns:
         `gr.Blocks`: with the named endpoints ``/generate`` and ``/catalogue``.
@@ -133,6 +159,7 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB):
     import gradio as gr
 
     ui = UiDefaults.from_engine(engine)
+    inline = gpu_call(engine.generate_inline) if gpu_call is not None else None
 
     def gallery_items(entries):
         placeholder = str(catalogue.placeholder_thumbnail())
@@ -213,19 +240,27 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB):
             seed=-1 if seed is None else seed,
         )
 
-        def on_wait(position, step):
-            if step is not None:
-                progress(step, desc="Generating", unit="steps")
-            elif position is not None:
-                progress(0.0, desc=f"Queued: {position} ahead")
-
         try:
-            result = run_request(engine, request, on_wait)
+            if inline is not None:
+                result = inline(request)
+            else:
+                waiter = RequestWaiter(engine, request)
+                try:
+                    # A generator, so that when the caller cancels or leaves, Gradio stops iterating and closes
+                    # it at a yield: the finally below then drops the request if it has not started yet.
+                    while (result := waiter.poll(0.25)) is None:
+                        if waiter.step is not None:
+                            progress(waiter.step, desc="Generating", unit="steps")
+                        elif waiter.position is not None:
+                            progress(0.0, desc=f"Queued: {waiter.position} ahead")
+                        yield gr.skip(), gr.skip()
+                finally:
+                    waiter.cancel()
         except EngineError as e:
             raise _user_error(e) from None
         except Exception as e:  # a bug: _user_error logs the traceback and shows a generic message
             raise _user_error(e) from None
-        return result.image, result.details_dict()
+        yield result.image, result.details_dict()
 
     def catalogue_endpoint(query: str = "", sort: str = "downloads", limit: int = 100, offset: int = 0) -> list[dict]:
         """Search the LoRA catalogue; returns entries with repo_id, title, trigger_words, thumbnail, downloads,
@@ -293,14 +328,15 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB):
     return demo
 
 
-def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = None):
+def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = None, gpu_call=None):
     """A FastAPI app with ``POST /`` and ``GET /metrics``, and the Gradio UI mounted at ``/``."""
     import gradio as gr
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    demo = demo if demo is not None else build_demo(engine, catalogue)
+    demo = demo if demo is not None else build_demo(engine, catalogue, gpu_call=gpu_call)
+    inline = gpu_call(engine.generate_inline) if gpu_call is not None else None
     demo.queue(max_size=max_gradio_queue or 4 * engine.config.max_queue)
     app = FastAPI(title="SDXL LoRA server", docs_url=None, redoc_url=None)
 
@@ -318,6 +354,12 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
             request = request_from_inference_json(body, http.headers.get("lora", ""))
         except ValueError as e:
             return error(400, str(e), "invalid_request")
+        if inline is not None:
+            try:
+                result = await asyncio.to_thread(inline, request)
+            except EngineError as e:
+                return error(400 if e.client_error else 502, str(e), e.kind)
+            return await _png_response(result)
         try:
             future = engine.submit(request)
         except QueueFull as e:
@@ -337,6 +379,9 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
         except Exception:  # a bug: logged with its traceback, and a short message to the caller
             logger.exception("POST / failed")
             return error(500, GENERIC_ERROR, "internal")
+        return await _png_response(result)
+
+    async def _png_response(result):
         png = await asyncio.to_thread(_png_bytes, result.image)
         headers = {
             "X-Seed": str(result.seed),
@@ -461,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("engine ready in %.1f s: %s", time.monotonic() - started, engine.info)
     catalogue = _build_catalogue(engine, args)
     catalogue.start()
-    app = build_app(engine, catalogue)
+    app = build_app(engine, catalogue, gpu_call=zero_gpu_decorator())
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     logger.info("serving on http://%s:%d", host, port)

@@ -154,6 +154,7 @@ class Engine:
             {"model_id": self.info.model_id, "base_model_id": self.info.base_model_id, "device": self.info.device,
              "dtype": self.info.dtype, "base_digest": self.base_digest}
         )  # fmt: skip
+        self._inline_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-prefetch")
         self._worker = threading.Thread(target=self._work, name="lora-engine-worker", daemon=True)
         self._worker.start()
@@ -241,6 +242,25 @@ class Engine:
     def generate(self, request: GenerationRequest, timeout: float | None = None, **kwargs) -> GenerationResult:
         """``submit(request).result(timeout)``: blocks until the image is ready."""
         return self.submit(request, **kwargs).result(timeout)
+
+    def generate_inline(self, request: GenerationRequest, on_progress: ProgressCallback | None = None):
+        """Run one request on the calling thread and return the weights to the base model afterwards.
+
+        For hosts where the GPU exists only inside a particular call, such as Hugging Face ZeroGPU, whose
+        ``@spaces.GPU`` functions run in a separate process: whatever such a call changes in the weights does
+        not survive it, so nothing here relies on an adapter still being in place from a previous call. The
+        worker thread is not used (it stays idle); calls are serialised by a lock.
+
+        Raises:
+            InvalidRequest, InvalidAdapterId, AdapterError: as ``submit`` and the request would.
+        """
+        resolved = validate_request(request, self.limits, self._rng)
+        job = _Job(resolved, RequestFuture(), time.monotonic(), on_progress)
+        with self._inline_lock:
+            try:
+                return self._run(job)
+            finally:
+                self._swap_to(None, 0.0)
 
     def check_adapter(self, adapter_id: str):
         """Check an adapter id against this base model without loading it (for the UI's "Any Hub LoRA").

@@ -34,13 +34,14 @@ class Served:
         self.engine.close()
 
 
-def serve(engine, catalogue) -> Served:
+def serve(engine, catalogue, app_factory=None) -> Served:
     import uvicorn
 
     from app import build_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, catalogue), host="127.0.0.1", port=port, log_level="warning"))
+    app = (app_factory or build_app)(engine, catalogue)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
