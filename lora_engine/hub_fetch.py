@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AdapterFetcher", "AdapterSource", "choose_weight_file", "read_card"]
 
+# Downloads run here so that a caller can stop waiting while huggingface_hub retries; shared by all fetchers.
+_background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-download")
+# Bytes per second below which a download is not worth waiting for (used for the deadline above).
+_SLOWEST_USEFUL_RATE = 1_000_000
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 
@@ -202,7 +208,9 @@ class AdapterFetcher:
         local = self.local_dir(adapter_id)
         if local is not None:
             return self._fetch_local(adapter_id, local)
-        return self._download(adapter_id, self.resolve(adapter_id))
+        key, size = self._resolve(adapter_id)
+        self._check_size(adapter_id, key, size)
+        return self._download(adapter_id, key, size)
 
     def resolve(self, adapter_id: str) -> AdapterKey:
         """Check the card and choose the file, without downloading it (cached like ``fetch``'s resolution)."""
@@ -210,11 +218,14 @@ class AdapterFetcher:
         if local is not None:
             return self._fetch_local(adapter_id, local).key
         key, size = self._resolve(adapter_id)
+        self._check_size(adapter_id, key, size)
+        return key
+
+    def _check_size(self, adapter_id: str, key: AdapterKey, size: int | None) -> None:
         if size is not None and size > self.max_bytes:
             raise UnsafeAdapterFile(
                 adapter_id, f"{key.weight_name} is {size} bytes, over the {self.max_bytes}-byte size cap"
             )
-        return key
 
     def known_key(self, adapter_id: str) -> AdapterKey | None:
         """The adapter's key if it can be had without the network (local, or a fresh resolution); else None.
@@ -271,22 +282,34 @@ class AdapterFetcher:
         size = getattr(siblings[weight], "size", None)
         return AdapterKey(adapter_id, weight, info.sha or "main"), size
 
-    def _download(self, adapter_id: str, key: AdapterKey) -> AdapterSource:
+    def _download(self, adapter_id: str, key: AdapterKey, size: int | None) -> AdapterSource:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
         cached = try_to_load_from_cache(key.repo_id, key.weight_name, cache_dir=self.cache_dir, revision=key.revision)
         if isinstance(cached, str):
             return AdapterSource(key, Path(cached), "disk")
-        with _hub_errors(adapter_id):
-            path = hf_hub_download(
-                key.repo_id,
-                key.weight_name,
-                revision=key.revision,
-                cache_dir=self.cache_dir,
-                endpoint=self.endpoint,
-                token=self.token,
-                etag_timeout=self.timeout_s,
-            )
+        # huggingface_hub retries 5xx answers and timeouts with backoff (about 23 s in all), and a large file
+        # takes as long as it takes; so the wait is bounded by a deadline that allows for the file's size at a
+        # slow-but-working rate. Past it the request fails clearly; the download itself goes on in the
+        # background and lands in the cache for a later request.
+        deadline = 3 * self.timeout_s + (size or 0) / _SLOWEST_USEFUL_RATE
+        download = _background.submit(
+            hf_hub_download,
+            key.repo_id,
+            key.weight_name,
+            revision=key.revision,
+            cache_dir=self.cache_dir,
+            endpoint=self.endpoint,
+            token=self.token,
+            etag_timeout=self.timeout_s,
+        )
+        try:
+            with _hub_errors(adapter_id):
+                path = download.result(timeout=deadline)
+        except FutureTimeout:
+            raise AdapterFetchError(
+                adapter_id, f"the Hub did not deliver {key.weight_name} within {deadline:.0f} s; try again later"
+            ) from None
         path = Path(path)
         size = path.stat().st_size
         if size > self.max_bytes:
@@ -316,12 +339,16 @@ class _hub_errors:
             EntryNotFoundError,
             GatedRepoError,
             HfHubHTTPError,
+            LocalEntryNotFoundError,
             OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
 
         aid = self.adapter_id
+        if isinstance(exc, LocalEntryNotFoundError):
+            # huggingface_hub's way of saying "the Hub failed and the file is not cached".
+            raise AdapterFetchError(aid, f"the Hub could not be reached and the file is not cached ({exc})") from None
         if isinstance(exc, GatedRepoError):
             raise AdapterGated(aid, "the repo is gated; accept its terms on the Hub and set HF_TOKEN") from None
         if isinstance(exc, RepositoryNotFoundError):

@@ -81,6 +81,20 @@ def demo_assets():
 
 
 @pytest.fixture(scope="session")
+def load_demo_pipeline(demo_assets):
+    """A function loading a fresh demo pipeline with ``from_pretrained`` (each call a new one)."""
+
+    def load():
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(demo_assets.model_dir)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def catalogue_facts() -> dict:
     """Real SDXL LoRA facts, read from ``../shared/catalogue_facts.json`` beside the checkout."""
     from tests.support.facts import load_catalogue_facts

@@ -33,18 +33,6 @@ def demo_engine(demo_assets, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def load_demo_pipeline(demo_assets):
-    def load():
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline.from_pretrained(demo_assets.model_dir)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    return load
-
-
-@pytest.fixture(scope="module")
 def hub_engine(load_demo_pipeline, tmp_path_factory):
     """The demo pipeline presented as SDXL base, fetching adapters from the loopback Hub."""
     engine = Engine.from_pipeline(
