@@ -284,7 +284,7 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                     sort = gr.Dropdown(["downloads", "likes", "recent"], value="downloads", label="Sort by", scale=1)
                 count = gr.Markdown(elem_id="count")
                 gallery = gr.Gallery(label="Catalogue", columns=4, height=520, allow_preview=False,
-                                     elem_id="catalogue")  # fmt: skip
+                                     object_fit="contain", elem_id="catalogue")  # fmt: skip
                 more = gr.Button("Load more", visible=False)
             with gr.Column(scale=4):
                 selected = gr.Markdown("No LoRA selected: the base model.", elem_id="selected")
@@ -303,7 +303,8 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                     seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                     scale = gr.Slider(-4, 4, value=1.0, step=0.05, label="LoRA scale")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
-                image = gr.Image(label="Result", format="png", type="pil", elem_id="result", interactive=False)
+                image = gr.Image(label="Result", format="png", type="pil", elem_id="result", interactive=False,
+                                 height=384)  # fmt: skip
                 details = gr.JSON(label="Details", elem_id="details")
 
         listing = [gallery, shown, more, count]

@@ -660,13 +660,34 @@ def main(argv: list[str] | None = None) -> dict:
     import diffusers
     import transformers
 
+    # Quiet libraries for the run, and put everything back afterwards (main() also runs inside pytest).
+    saved = (diffusers.utils.logging.get_verbosity(), diffusers.utils.logging.is_progress_bar_enabled(),
+             transformers.utils.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled(),
+             torch.get_num_threads())  # fmt: skip
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    # PEFT warns on every unfuse of a layer the fused adapter did not touch ("Already unmerged").
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        with warnings.catch_warnings():
+            # PEFT warns on every unfuse of a layer the fused adapter did not touch ("Already unmerged").
+            warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+            return _run(args)
+    finally:
+        diffusers.utils.logging.set_verbosity(saved[0])
+        (diffusers.utils.logging.enable_progress_bar if saved[1] else diffusers.utils.logging.disable_progress_bar)()
+        transformers.utils.logging.set_verbosity(saved[2])
+        if saved[3]:
+            transformers.utils.logging.enable_progress_bar()
+        else:
+            transformers.utils.logging.disable_progress_bar()
+        torch.set_num_threads(saved[4])
+
+
+def _run(args) -> dict:
+    import diffusers
+
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -674,6 +695,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = _DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cpu" else torch.float16)
     timer = _Timer(device)
     wall0 = time.perf_counter()
+    cpu0, own0 = psutil.cpu_times(), psutil.Process().cpu_times()
 
     result: dict = {
         "bench": "swap",
@@ -738,6 +760,14 @@ def main(argv: list[str] | None = None) -> dict:
         "rss_growth_pct": _check("rss_growth_pct", rss_growth),
     }
     result["wall_s"] = _r(time.perf_counter() - wall0, 1)
+    # How busy the machine was with other work during the run: timings are only comparable within one run.
+    cpu1, own1 = psutil.cpu_times(), psutil.Process().cpu_times()
+    busy = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "system", "nice", "irq", "softirq", "steal")
+               if hasattr(cpu1, f))  # fmt: skip
+    ours = (own1.user - own0.user) + (own1.system - own0.system)
+    result["machine"]["load_avg_end"] = _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    result["machine"]["other_processes_cpu_s"] = _r(max(0.0, busy - ours), 1)
+    result["machine"]["this_process_cpu_s"] = _r(ours, 1)
 
     text = json.dumps(result, indent=1)
     out = Path(args.out)

@@ -100,3 +100,31 @@ def catalogue_facts() -> dict:
     from tests.support.facts import load_catalogue_facts
 
     return load_catalogue_facts()
+
+
+@pytest.fixture(scope="session")
+def served_app(demo_assets, hub_root, tmp_path_factory):
+    """``python app.py`` as a CPU machine runs it, with a Hub LoRA for the demo base published too."""
+    from catalogue import Catalogue, HubSource, LocalSource
+    from lora_engine import Engine, EngineConfig
+    from lora_engine.torch_demo import DEMO_BASE_MODEL_ID
+    from tests.support.loras import lora_card, publish
+    from tests.support.serving import HUB_LORA, serve
+
+    data = (demo_assets.lora_dir("demo/pixel-blocks") / "pixel-blocks-xl.safetensors").read_bytes()
+    publish(hub_root, HUB_LORA, {"tiny-hub.safetensors": data},
+            card=lora_card(base_model=DEMO_BASE_MODEL_ID, trigger="hub style"), downloads=5, likes=2)  # fmt: skip
+    engine = Engine.from_config(
+        EngineConfig(demo_dir=str(demo_assets.root), hub_cache_dir=str(tmp_path_factory.mktemp("hf")), max_queue=8)
+    )
+    catalogue = Catalogue(
+        base_model=engine.info.base_model_id,
+        local=[LocalSource(d) for d in engine.info.local_lora_dirs],
+        hub=HubSource(endpoint=_HUB_URL, token=False, timeout_s=5),
+        cache_dir=tmp_path_factory.mktemp("catalogue"),
+    )
+    catalogue.start()
+    catalogue.refresh_now()
+    served = serve(engine, catalogue)
+    yield served
+    served.stop()

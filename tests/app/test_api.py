@@ -14,7 +14,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.app.conftest import HUB_LORA
+from tests.support.serving import HUB_LORA
 
 
 @pytest.fixture(scope="module")

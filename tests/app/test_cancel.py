@@ -28,7 +28,7 @@ def test_a_cancelled_future_never_runs(served_app):
     engine = served_app.engine
     before_dispatched = engine.status().scheduler["dispatched"]
     before = cancelled_count(engine)
-    busy = engine.submit(fast(num_inference_steps=40, seed=1))
+    busy = engine.submit(fast(num_inference_steps=100, width=256, height=256, seed=1))  # seconds of work
     waiting = engine.submit(fast(lora="demo/inverted", seed=2))
     assert engine.position(waiting) is not None
     assert waiting.cancel()
@@ -43,7 +43,7 @@ def test_gradio_cancel_drops_the_waiting_request(served_app):
     # Two sessions (two browser tabs): Gradio's cancel stops every running event of the cancelling session.
     other, client = Client(served_app.url + "/", verbose=False), Client(served_app.url + "/", verbose=False)
     before = cancelled_count(engine)
-    busy = other.submit(prompt="a cat", num_inference_steps=60, seed=3, api_name="/generate")
+    busy = other.submit(prompt="a cat", num_inference_steps=100, width=256, height=256, seed=3, api_name="/generate")
     assert wait_until(lambda: engine.status().queue_depth == 0 and engine.status().scheduler["dispatched"] > 0)
     waiting = client.submit(prompt="a dog", lora="demo/neon-glow", num_inference_steps=2, seed=4, api_name="/generate")
     assert wait_until(lambda: engine.status().queue_depth == 1), "the second request never reached the engine"
@@ -61,7 +61,7 @@ def test_http_disconnect_drops_the_waiting_request(served_app):
         import threading
 
         busy = threading.Thread(target=lambda: http.post(served_app.url + "/", json={
-            "inputs": "a cat", "parameters": {"num_inference_steps": 60}}))  # fmt: skip
+            "inputs": "a cat", "parameters": {"num_inference_steps": 100, "width": 256, "height": 256}}))  # fmt: skip
         busy.start()
         assert wait_until(lambda: engine.status().scheduler["dispatched"] > 0 and engine.status().queue_depth == 0)
         with pytest.raises(httpx.ReadTimeout):

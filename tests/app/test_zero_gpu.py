@@ -9,7 +9,7 @@ from gradio_client import Client
 from PIL import Image
 
 from lora_engine import Engine, EngineConfig
-from tests.app.conftest import serve
+from tests.support.serving import serve
 
 
 class RecordingGpu:

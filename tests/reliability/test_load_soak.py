@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError
 
 from lora_engine import Engine, EngineConfig, GenerationRequest
 from lora_engine.torch_demo import DEMO_LORAS
-from tests.app.conftest import serve
+from tests.support.serving import serve
 from tests.support.loras import SDXL, publish, read_tensors, to_bytes
 
 pytestmark = pytest.mark.slow
