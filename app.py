@@ -34,6 +34,11 @@ __all__ = ["build_app", "build_demo", "main"]
 
 #: Entries per gallery page ("Load more" appends the next page).
 PAGE_SIZE = 24
+#: Small adjustments: demo images are 64 px, so show them scaled up with crisp pixels; keep thumbnails small.
+CSS = """
+#result img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#catalogue .thumbnail-item { max-width: 180px; }
+"""
 #: Shown to users for errors that are bugs; the traceback goes to the log instead.
 GENERIC_ERROR = "Something went wrong on the server (it has been logged). Please try again."
 HUB_WEB = "https://huggingface.co"
@@ -413,7 +418,7 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
 
     # Thumbnails live in the local LoRA folders and the catalogue cache; let Gradio serve files from there.
     allowed = [*engine.info.local_lora_dirs, str(catalogue.cache_dir)]
-    return gr.mount_gradio_app(app, demo, path="/", allowed_paths=allowed)
+    return gr.mount_gradio_app(app, demo, path="/", allowed_paths=allowed, css=CSS)
 
 
 _INFERENCE_PARAMETERS = {

@@ -477,7 +477,7 @@ def measure_service_time(model_dir: Path, cache_dir: Path, adapter: str, *, step
     }
 
 
-def _run_mode(mode: str, items: list[tuple[TraceItem, float]], *, model_dir: Path, work: Path, tag: str,
+def _run_mode(mode: str, items: list[tuple[TraceItem, float]], *, hub: FakeHub, model_dir: Path, work: Path, tag: str,
               weight_names: dict[str, str], adapters: list[str], steps: int, guidance: float,
               max_wait_s: float, timeout_s: float) -> tuple[dict, list[float]]:
     cache = work / f"cache-{mode}-{tag}"
@@ -504,9 +504,14 @@ def _run_mode(mode: str, items: list[tuple[TraceItem, float]], *, model_dir: Pat
         warm = {}
         if mode == "c_engine_grouped_warm":
             t = time.monotonic()
-            for a in adapters:  # fetch + parse + swap each once, then back to the base, as a fresh engine is
-                engine.generate(_request(TraceItem(0, 0.0, a), 1, guidance))
-            engine.generate(_request(TraceItem(0, 0.0, ""), 1, guidance))
+            delay = hub.delay_s
+            hub.delay_s = 0.0  # the warm-up is not measured: no need to wait for the fake download delay
+            try:
+                for a in adapters:  # fetch + parse + swap each once, then back to the base, as a fresh engine is
+                    engine.generate(_request(TraceItem(0, 0.0, a), 1, guidance))
+                engine.generate(_request(TraceItem(0, 0.0, ""), 1, guidance))
+            finally:
+                hub.delay_s = delay
             warm = {"adapters_warmed": len(adapters), "warmup_s": _r(time.monotonic() - t, 2),
                     "ram_cache_entries": engine.status().ram_cache.get("entries")}
         before = _swaps(engine)
@@ -598,7 +603,7 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 300, 
                 _log(f"load {tag}: {mode} ({len(sub)} requests over {sub[-1][1]:.1f}s)")
                 gc.collect()
                 summary, lat = _run_mode(
-                    mode, sub, model_dir=model_dir, work=work_dir, tag=tag, weight_names=weight_names, adapters=ids,
+                    mode, sub, hub=hub, model_dir=model_dir, work=work_dir, tag=tag, weight_names=weight_names, adapters=ids,
                     steps=steps, guidance=guidance, max_wait_s=wait_s, timeout_s=max(600.0, 60 * len(sub)),
                 )  # fmt: skip
                 if mode == "d_cold_boot":
@@ -709,10 +714,10 @@ def plot_cdfs(latencies: dict, path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 requests, 20 adapters, 10 cold-boot requests")
-    parser.add_argument("--requests", type=int, default=None, help="trace length (default 300; --quick 60)")
+    parser.add_argument("--quick", action="store_true", help="40 requests, 10 adapters, 5 cold-boot requests")
+    parser.add_argument("--requests", type=int, default=None, help="trace length (default 300; --quick 40)")
     parser.add_argument("--loads", default="0.8,1.2", help="fractions of measured capacity, comma-separated")
-    parser.add_argument("--adapters", type=int, default=None, help="distinct Hub repos (default 50; --quick 20)")
+    parser.add_argument("--adapters", type=int, default=None, help="distinct Hub repos (default 50; --quick 10)")
     parser.add_argument("--download-delay-s", type=float, default=0.3, help="fake Hub delay per /resolve/ call")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance_scale (> 1: two UNet passes/step)")
@@ -721,13 +726,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base-fraction", type=float, default=0.1, help="share of base-model requests (lora='')")
     parser.add_argument("--max-wait-factor", type=float, default=5.0, help="max_wait_s = this x service time")
     parser.add_argument("--max-wait-s", type=float, default=None, help="overrides --max-wait-factor")
-    parser.add_argument("--cold-requests", type=int, default=None, help="cold-boot subsample (default 30; 0: skip)")
+    parser.add_argument("--cold-requests", type=int, default=None, help="cold-boot subsample (default 30; --quick 5; 0: skip)")
     parser.add_argument("--demo-dir", default=None, help="demo model cache (default ~/.cache/sdxl-lora-server)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "trace.json"))
     args = parser.parse_args(argv)
-    requests = args.requests or (60 if args.quick else 300)
-    n_adapters = args.adapters or (20 if args.quick else 50)
-    cold = args.cold_requests if args.cold_requests is not None else (10 if args.quick else 30)
+    requests = args.requests or (40 if args.quick else 300)
+    n_adapters = args.adapters or (10 if args.quick else 50)
+    cold = args.cold_requests if args.cold_requests is not None else (5 if args.quick else 30)
     loads = tuple(float(x) for x in args.loads.split(",") if x.strip())
 
     work = Path(tempfile.mkdtemp(prefix="trace-bench-"))
