@@ -567,6 +567,7 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 300, 
     """
     _quiet_libraries()
     t_all = time.monotonic()
+    load_at_start = os.getloadavg()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     model_dir = Path(assets.model_dir)
@@ -627,7 +628,11 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 300, 
             "max_wait_s": _r(wait_s), "max_wait_factor": None if max_wait_s is not None else max_wait_factor,
             "cold_requests": min(cold_requests, requests), "modes": list(modes),
         },  # fmt: skip
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch_threads": _torch_threads(), "loadavg_1m_start": _r(load_at_start[0], 2),
+            "loadavg_1m_end": _r(os.getloadavg()[0], 2),
+        },  # fmt: skip
         "capacity": capacity,
         "trace": {
             "distinct_adapters_requested": len([k for k in used if k]),
@@ -645,6 +650,12 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 300, 
         if png:
             out["cdf_png"] = plot_cdfs(latencies, out_dir / "trace_cdf.png")
     return out
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def targets(results: dict, loads) -> dict:

@@ -57,7 +57,7 @@ class EngineConfig:
     originals_device: str = "auto"
     # Keep originals of every attention/text-encoder linear at start, so the first swap costs like later ones.
     eager_originals: bool = True
-    # Check the base digest each time the weights return to the base model (cheap: a reduction per tensor).
+    # Check each return to the base model: every kept original equals its live layer (one read of those layers).
     verify_restores: bool = True
     # Requests waiting at most; one more gets QueueFull at once (HTTP 503).
     max_queue: int = 64

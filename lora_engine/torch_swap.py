@@ -188,6 +188,14 @@ class Swapper:
         self.active = None if adapter is None else ActiveAdapter(adapter.adapter_id, scale)
         return SwapStats(layers_written=written, layers_restored=restored, originals_cloned=cloned)
 
+    def verify_base(self) -> bool:
+        """Whether every layer with a kept original equals it exactly (call when no adapter is applied).
+
+        This is the cheap, per-return check (one read of the kept layers); ``weights_digest`` covers every
+        weight and is for start-up, tests and health checks.
+        """
+        return all(torch.equal(self._weights[key], original) for key, original in self._originals.items())
+
     def restore_base(self) -> int:
         """Copy every touched layer back from its original; returns how many were copied."""
         n = 0

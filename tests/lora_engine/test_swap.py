@@ -184,3 +184,20 @@ def test_concurrent_storm_is_serialised_and_nothing_lost(demo_engine):
     again = demo_engine.generate(fast(lora=probe.lora, seed=probe_seed, num_inference_steps=1))
     assert np.array_equal(pixels(probe), pixels(again))
     assert demo_engine.status().queue_depth == 0
+
+
+def test_verify_base_detects_a_layer_left_modified(demo_assets):
+    from lora_engine import Engine, EngineConfig
+
+    engine = Engine.from_config(EngineConfig(demo_dir=str(demo_assets.root), default_steps=1))
+    try:
+        engine.generate(fast(lora=DEMO_IDS[0]))
+        assert engine.status().digest_ok
+        swapper = engine.backend.swapper
+        swapper._applied.discard(next(iter(swapper._applied)))  # a buggy restore would skip this layer
+        engine.generate(fast())
+        assert not engine.status().digest_ok
+        assert b"lora_engine_base_digest_ok 0.0" in engine.metrics.render()
+        assert engine.current_digest() != engine.base_digest
+    finally:
+        engine.close()
