@@ -44,7 +44,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -483,7 +483,6 @@ def _run_mode(mode: str, items: list[tuple[TraceItem, float]], *, hub: FakeHub, 
     cache = work / f"cache-{mode}-{tag}"
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
-    t_start = time.monotonic()
     make = lambda item: _request(item, steps, guidance)  # noqa: E731
     if mode in ("a_reference", "d_cold_boot"):
         server = ReferenceServer(model_dir, cache, weight_names, cold_boot=mode == "d_cold_boot")
@@ -604,8 +603,9 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 300, 
                 _log(f"load {tag}: {mode} ({len(sub)} requests over {sub[-1][1]:.1f}s)")
                 gc.collect()
                 summary, lat = _run_mode(
-                    mode, sub, hub=hub, model_dir=model_dir, work=work_dir, tag=tag, weight_names=weight_names, adapters=ids,
-                    steps=steps, guidance=guidance, max_wait_s=wait_s, timeout_s=max(600.0, 60 * len(sub)),
+                    mode, sub, hub=hub, model_dir=model_dir, work=work_dir, tag=tag, weight_names=weight_names,
+                    adapters=ids, steps=steps, guidance=guidance, max_wait_s=wait_s,
+                    timeout_s=max(600.0, 60 * len(sub)),
                 )  # fmt: skip
                 if mode == "d_cold_boot":
                     summary["subsample"] = f"the first {len(sub)} requests of the trace, at their arrival times"
@@ -707,13 +707,14 @@ def plot_cdfs(latencies: dict, path: Path) -> str | None:
         for mode, lat in latencies[tag].items():
             if lat:
                 ys = [(i + 1) / len(lat) for i in range(len(lat))]
-                ax.step(lat, ys, where="post", label=f"{mode} (n={len(lat)})")
+                note = f"first {len(lat)} requests only" if mode == "d_cold_boot" else f"n={len(lat)}"
+                ax.step(lat, ys, where="post", label=f"{mode} ({note})")
         ax.set_xscale("log")
         ax.set_xlabel("latency, finish - arrival (s, log)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"load {tag} x capacity")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -725,10 +726,10 @@ def plot_cdfs(latencies: dict, path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="40 requests, 10 adapters, 5 cold-boot requests")
-    parser.add_argument("--requests", type=int, default=None, help="trace length (default 300; --quick 40)")
+    parser.add_argument("--quick", action="store_true", help="30 requests, 8 adapters, 4 cold-boot requests")
+    parser.add_argument("--requests", type=int, default=None, help="trace length (default 300; --quick 30)")
     parser.add_argument("--loads", default="0.8,1.2", help="fractions of measured capacity, comma-separated")
-    parser.add_argument("--adapters", type=int, default=None, help="distinct Hub repos (default 50; --quick 10)")
+    parser.add_argument("--adapters", type=int, default=None, help="distinct Hub repos (default 50; --quick 8)")
     parser.add_argument("--download-delay-s", type=float, default=0.3, help="fake Hub delay per /resolve/ call")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance_scale (> 1: two UNet passes/step)")
@@ -737,13 +738,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base-fraction", type=float, default=0.1, help="share of base-model requests (lora='')")
     parser.add_argument("--max-wait-factor", type=float, default=5.0, help="max_wait_s = this x service time")
     parser.add_argument("--max-wait-s", type=float, default=None, help="overrides --max-wait-factor")
-    parser.add_argument("--cold-requests", type=int, default=None, help="cold-boot subsample (default 30; --quick 5; 0: skip)")
+    parser.add_argument(
+        "--cold-requests", type=int, default=None, help="cold-boot subsample (default 30; --quick 4; 0: skip)"
+    )
     parser.add_argument("--demo-dir", default=None, help="demo model cache (default ~/.cache/sdxl-lora-server)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "trace.json"))
     args = parser.parse_args(argv)
-    requests = args.requests or (40 if args.quick else 300)
-    n_adapters = args.adapters or (10 if args.quick else 50)
-    cold = args.cold_requests if args.cold_requests is not None else (5 if args.quick else 30)
+    requests = args.requests or (30 if args.quick else 300)
+    n_adapters = args.adapters or (8 if args.quick else 50)
+    cold = args.cold_requests if args.cold_requests is not None else (4 if args.quick else 30)
     loads = tuple(float(x) for x in args.loads.split(",") if x.strip())
 
     work = Path(tempfile.mkdtemp(prefix="trace-bench-"))

@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["Engine", "EngineStatus", "RequestFuture"]
 
 ProgressCallback = Callable[[int, int], None]
+# How many upcoming adapters are fetched ahead, and by how many threads (downloads overlap; parsing is
+# short and releases the GIL in torch).
+_PREFETCH_DEPTH = 4
+_PREFETCH_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ class Engine:
         self._device: ByteLRU[AdapterKey, object] = ByteLRU(config.device_cache_bytes)
         self._refused: dict[AdapterKey, AdapterError] = {}
         self._inflight: dict[str, _Inflight] = {}
+        # Adapter ids handed to the prefetch pool and not finished yet.
+        self._prefetch_pending: set[str] = set()
         # Calls to run on the worker thread between requests (digest checks), with their futures.
         self._control: list[tuple[Callable[[], object], Future]] = []
         # The AdapterKey in the weights (None: the base); revision-exact, unlike _loaded_adapter.
@@ -155,7 +161,7 @@ class Engine:
              "dtype": self.info.dtype, "base_digest": self.base_digest}
         )  # fmt: skip
         self._inline_lock = threading.Lock()
-        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-prefetch")
+        self._prefetcher = ThreadPoolExecutor(max_workers=_PREFETCH_THREADS, thread_name_prefix="lora-prefetch")
         self._worker = threading.Thread(target=self._work, name="lora-engine-worker", daemon=True)
         self._worker.start()
 
@@ -361,11 +367,16 @@ class Engine:
                 dispatch = self._state.pop(self._loaded_adapter, time.monotonic())
                 if dispatch is not None:
                     self.metrics.queue_depth.set(len(self._state))
-                    self.metrics.waited_beyond_fifo.set(self._state.stats.max_overtaken_s)
+                    self.metrics.max_overtaken.set(self._state.stats.max_overtaken_s)
                     if self.config.prefetch:
-                        upcoming = self._state.peek_adapter(dispatch.ticket.adapter, time.monotonic())
-                        if upcoming and upcoming != dispatch.ticket.adapter:
-                            self._start_prefetch(upcoming)
+                        # Several upcoming adapters, not just the next: a cold fetch takes longer than
+                        # one run, so fetching one ahead hides only a part of it.
+                        upcoming = self._state.upcoming_adapters(
+                            dispatch.ticket.adapter, time.monotonic(), _PREFETCH_DEPTH
+                        )
+                        for adapter in upcoming:
+                            if adapter != dispatch.ticket.adapter:
+                                self._start_prefetch(adapter)
                     return dispatch.payload
                 self._cond.wait()
 
@@ -440,12 +451,13 @@ class Engine:
             self._loaded_adapter = swapper.active.adapter_id if swapper.active is not None else BASE_ADAPTER
             with self._cache_lock:
                 self._device.pin(self._active_key)
+        if swapper.active is None and self.config.verify_restores:
+            self._check_digest()
+        # Counted as swap time (the check is part of returning to the base), not left out of every field.
         swap_s = time.monotonic() - t0
         self.metrics.swaps.inc()
         self.metrics.swap_seconds.observe(swap_s)
         self.metrics.originals_bytes.set(swapper.originals_bytes)
-        if swapper.active is None and self.config.verify_restores:
-            self._check_digest()
         return swap_s
 
     def _check_digest(self) -> None:
@@ -555,7 +567,15 @@ class Engine:
         if adapter_id == BASE_ADAPTER:
             return
         with self._cache_lock:
-            if adapter_id in self._inflight:
+            # Already being fetched, already queued for prefetch, or already parsed: nothing to do. This also
+            # keeps the prefetch queue no longer than the number of distinct adapters waiting.
+            if adapter_id in self._inflight or adapter_id in self._prefetch_pending:
+                return
+            self._prefetch_pending.add(adapter_id)
+        known = self.fetcher.known_key(adapter_id)
+        with self._cache_lock:
+            if known is not None and known in self._ram:
+                self._prefetch_pending.discard(adapter_id)
                 return
 
         def run():
@@ -568,6 +588,9 @@ class Engine:
             except Exception:  # never let a prefetch bug kill the prefetch thread; the request retries
                 logger.exception("prefetch of %s failed", adapter_id)
                 self.metrics.prefetches.labels("error").inc()
+            finally:
+                with self._cache_lock:
+                    self._prefetch_pending.discard(adapter_id)
 
         try:
             self._prefetcher.submit(run)

@@ -259,6 +259,18 @@ class SchedulerState(Generic[P]):
         choice = self._choose(loaded_adapter, now)
         return None if choice is None else choice[0].ticket.adapter
 
+    def upcoming_adapters(self, loaded_adapter: str | None, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` distinct adapters likely to run next, for prefetching: what ``pop`` picks first,
+        then the others in the order of their oldest waiting request (the order groups get the pipeline when
+        nothing else arrives). O(A log A)."""
+        if limit < 1:
+            return []
+        first = self.peek_adapter(loaded_adapter, now)
+        if first is None:
+            return []
+        rest = sorted((q[0].ticket.seq, a) for a, q in self._queues.items() if a != first)
+        return [first, *(a for _, a in rest)][:limit]
+
     def position(self, ticket: Ticket, loaded_adapter: str | None, now: float) -> int | None:
         """How many requests run before this one (0 = next), or None if it is not waiting.
 

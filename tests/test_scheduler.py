@@ -541,3 +541,14 @@ def test_randomized_every_request_once_and_bound_holds(seed):
         check_guarantee(result, arrivals, max_wait_s, service=service if comparable else None)
         if max_wait_s == 0 or not group:  # (G3)
             assert [r.seq for r in result.runs] == sorted(r.seq for r in result.runs)
+
+
+def test_upcoming_adapters_lists_what_pop_takes_first_then_oldest_groups():
+    state = SchedulerState(max_queue=10, max_wait_s=5.0)
+    for i, adapter in enumerate(["b", "a", "c", "a", "", "d"]):
+        state.push(adapter, i, now=float(i))
+    assert state.upcoming_adapters("a", now=6.0, limit=10) == ["a", "b", "c", "", "d"]
+    assert state.upcoming_adapters("a", now=6.0, limit=2) == ["a", "b"]
+    assert state.upcoming_adapters(None, now=6.0, limit=3) == ["b", "a", "c"]
+    assert state.upcoming_adapters("a", now=6.0, limit=0) == []
+    assert SchedulerState(max_queue=1, max_wait_s=1.0).upcoming_adapters("a", now=0.0, limit=3) == []
