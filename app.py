@@ -257,7 +257,9 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                         if waiter.step is not None:
                             progress(waiter.step, desc="Generating", unit="steps")
                         elif waiter.position is not None:
-                            progress(0.0, desc=f"Queued: {waiter.position} ahead")
+                            eta = engine.estimate_s(waiter.future)
+                            eta_text = f", about {eta:.0f} s" if eta is not None else ""
+                            progress(0.0, desc=f"Queued: {waiter.position} ahead{eta_text}")
                         yield gr.skip(), gr.skip()
                 finally:
                     waiter.cancel()

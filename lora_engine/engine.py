@@ -144,6 +144,8 @@ class Engine:
         self._device: ByteLRU[AdapterKey, object] = ByteLRU(config.device_cache_bytes)
         self._refused: dict[AdapterKey, AdapterError] = {}
         self._inflight: dict[str, _Inflight] = {}
+        # Recent mean seconds per request (fetch + swap + inference), for estimate_s; None before the first.
+        self._mean_run_s: float | None = None
         # Adapter ids handed to the prefetch pool and not finished yet.
         self._prefetch_pending: set[str] = set()
         # Calls to run on the worker thread between requests (digest checks), with their futures.
@@ -293,6 +295,13 @@ class Engine:
         with self._cond:
             return self._state.position(ticket, self._loaded_adapter, time.monotonic())
 
+    def estimate_s(self, future: Future) -> float | None:
+        """Rough seconds until this request is done: (its position + 1) runs at the recent mean run time."""
+        position = self.position(future)
+        if position is None or self._mean_run_s is None:
+            return None
+        return (position + 1) * self._mean_run_s
+
     def status(self) -> EngineStatus:
         with self._cond:
             depth = len(self._state)
@@ -407,6 +416,10 @@ class Engine:
                 job.future.set_exception(e)
             else:
                 self.metrics.requests.labels("ok").inc()
+                t = result.timings
+                run_s = t.fetch_s + t.swap_s + t.inference_s
+                # An exponential mean of recent runs, for queue-time estimates (recent load matters most).
+                self._mean_run_s = run_s if self._mean_run_s is None else 0.8 * self._mean_run_s + 0.2 * run_s
                 job.future.set_result(result)
 
     def _run(self, job: _Job) -> GenerationResult:

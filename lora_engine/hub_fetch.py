@@ -210,7 +210,17 @@ class AdapterFetcher:
             return self._fetch_local(adapter_id, local)
         key, size = self._resolve(adapter_id)
         self._check_size(adapter_id, key, size)
-        return self._download(adapter_id, key, size)
+        try:
+            return self._download(adapter_id, key, size)
+        except AdapterNotFound:
+            # The remembered revision may have moved on the Hub since it was resolved (a force-push, a
+            # deleted file): resolve afresh once; a real absence fails again, with the same error.
+            self.forget(adapter_id)
+            fresh, size = self._resolve(adapter_id)
+            if fresh == key:
+                raise
+            self._check_size(adapter_id, fresh, size)
+            return self._download(adapter_id, fresh, size)
 
     def resolve(self, adapter_id: str) -> AdapterKey:
         """Check the card and choose the file, without downloading it (cached like ``fetch``'s resolution)."""

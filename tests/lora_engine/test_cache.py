@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -146,3 +147,27 @@ def test_prefetch_parses_the_next_adapter_off_the_worker_thread(load_demo_pipeli
     assert threads[tier_repos[0]] == "lora-engine-worker"
     assert all(name.startswith("lora-prefetch") for r, name in seen if r != tier_repos[0])
     assert [r.cache_tier for r in results[1:]] == ["ram", "ram"]
+
+
+def test_queue_full_is_refused_at_once_and_position_and_estimate_are_given(load_demo_pipeline, tmp_path):
+    from lora_engine import QueueFull
+
+    engine = Engine.from_pipeline(load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path),
+                                  default_steps=1, default_side=64, max_queue=2)  # fmt: skip
+    try:
+        engine.generate(fast())  # one finished run, so estimates have a mean to use
+        busy = engine.submit(fast(num_inference_steps=100, width=256, height=256))
+        while engine.status().queue_depth:  # the busy one has started
+            pass
+        waiting = [engine.submit(fast(seed=i)) for i in range(2)]
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="2 requests waiting"):
+            engine.submit(fast(seed=9))
+        assert time.monotonic() - started < 0.5
+        assert [engine.position(f) for f in waiting] == [0, 1]
+        assert engine.estimate_s(waiting[1]) > engine.estimate_s(waiting[0]) > 0
+        for f in [busy, *waiting]:
+            f.result(120)
+        assert engine.position(waiting[0]) is None
+    finally:
+        engine.close()

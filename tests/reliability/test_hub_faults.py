@@ -87,3 +87,24 @@ def test_a_download_cut_midway_is_never_used(engine, fake_hub, hub_root, lora_by
     good = engine.generate(fast(lora="faults/cut"))
     assert good.cache_tier == "hub"
     assert (tmp_path / next(iter(tmp_path.glob("models--faults--cut/snapshots/*/lora.safetensors")))).read_bytes() == lora_bytes
+
+
+def test_a_revision_that_vanished_after_resolution_is_resolved_again(engine, fake_hub, hub_root, demo_assets):
+    """Resolved at sha X, then the repo moved and X no longer exists: the engine resolves afresh, once."""
+    first, second = ((demo_assets.lora_dir(s.repo_id) / s.weight_name).read_bytes() for s in DEMO_LORAS[:2])
+    publish(hub_root, "faults/moving", {"lora.safetensors": first})
+    old = engine.fetcher.resolve("faults/moving")
+    publish(hub_root, "faults/moving", {"lora.safetensors": second})
+    assert fake_hub.sha("faults/moving") != old.revision
+    result = engine.generate(fast(lora="faults/moving"))
+    assert result.adapter_revision == fake_hub.sha("faults/moving")
+    assert fake_hub.requests_matching(None, f"faults/moving/resolve/{old.revision}")  # the old one was tried
+
+
+def test_a_missing_revision_is_a_clear_not_found(engine, fake_hub, hub_root, lora_bytes):
+    from lora_engine import AdapterNotFound
+    from lora_engine.adapter_cache import AdapterKey
+
+    publish(hub_root, "faults/norev", {"lora.safetensors": lora_bytes})
+    with pytest.raises(AdapterNotFound, match="revision"):
+        engine.fetcher._download("faults/norev", AdapterKey("faults/norev", "lora.safetensors", "f" * 40), None)
