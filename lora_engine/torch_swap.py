@@ -165,21 +165,24 @@ class Swapper:
                 if key not in self._originals:
                     self._keep(key)
                     cloned += 1
+                # A layer no adapter occupies holds its exact original already: add in place, one pass over
+                # W. Otherwise compute from the kept original into W (torch's out= addmm: copy, then add).
+                at_original = key not in self._applied
                 self._applied.add(key)
                 w = self._weights[key]
-                orig = self._originals[key]
-                if orig.device != w.device:
-                    w.copy_(orig, non_blocking=True)
-                    orig = w
                 out_features = w.shape[0]
-                torch.addmm(
-                    orig.view(out_features, -1),
-                    lay.b.view(out_features, -1),
-                    lay.a.view(lay.a.shape[0], -1),
-                    beta=1,
-                    alpha=scale * lay.scaling,
-                    out=w.view(out_features, -1),
-                )
+                w2d = w.view(out_features, -1)
+                b2d, a2d = lay.b.view(out_features, -1), lay.a.view(lay.a.shape[0], -1)
+                alpha = scale * lay.scaling
+                if at_original:
+                    w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)
+                else:
+                    orig = self._originals[key]
+                    if orig.device != w.device:
+                        w.copy_(orig, non_blocking=True)
+                        w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)
+                    else:
+                        torch.addmm(orig.view(out_features, -1), b2d, a2d, beta=1, alpha=alpha, out=w2d)
                 written += 1
         except BaseException:
             self.restore_base()
