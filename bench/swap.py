@@ -207,7 +207,7 @@ def _random_lora(unet, names: list[str], rank: int, seed: int, key_format: str, 
     ``key_format``: ``"peft"`` (``unet.<path>.lora_A.weight``, what diffusers' ``save_lora_weights`` writes) or
     ``"kohya"`` (``lora_unet_<SGM block name>.lora_down.weight`` + ``.alpha``, as kohya's trainer writes).
     """
-    from lora_engine.torch_demo import _sgm_unet_name
+    from lora_engine.torch_demo import unet_lora_entries
 
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
@@ -217,14 +217,8 @@ def _random_lora(unet, names: list[str], rank: int, seed: int, key_format: str, 
         w_std = float(w.detach()[:64].float().std()) or 0.02
         a = torch.randn(rank, in_f, generator=gen, dtype=dtype).div_(in_f**0.5)
         b = torch.randn(out_f, rank, generator=gen, dtype=dtype).mul_(rel * w_std * (in_f / rank) ** 0.5)
-        if key_format == "peft":
-            out[f"unet.{name}.lora_A.weight"] = a
-            out[f"unet.{name}.lora_B.weight"] = b
-        else:
-            key = "lora_unet_" + _sgm_unet_name(name).replace(".", "_")
-            out[f"{key}.lora_down.weight"] = a
-            out[f"{key}.lora_up.weight"] = b
-            out[f"{key}.alpha"] = torch.tensor(float(rank))  # scaling 1, like the peft ones
+        # alpha = rank: scaling 1, like the peft ones.
+        out.update(unet_lora_entries(name, a, b, key_format, alpha=rank))
     return out
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "DemoLora",
     "build_demo_pipeline",
     "ensure_demo_assets",
+    "unet_lora_entries",
 ]
 
 #: The id the demo base model goes by in ``base_model`` fields of LoRA cards.
@@ -252,6 +253,18 @@ def _sgm_unet_name(diffusers_name: str) -> str:
     return "_".join([prefix, *rest])
 
 
+def unet_lora_entries(name: str, a: torch.Tensor, b: torch.Tensor, key_format: str, alpha: float) -> dict:
+    """One UNet layer's factors keyed as ``key_format`` spells them (``"peft"`` or ``"kohya"`` with SGM names).
+
+    ``alpha`` is written for kohya only (its effective scale is ``alpha / rank``); PEFT files written by
+    diffusers carry none, which means a scale of 1.
+    """
+    if key_format == "peft":
+        return {f"unet.{name}.lora_A.weight": a, f"unet.{name}.lora_B.weight": b}
+    key = "lora_unet_" + _sgm_unet_name(name).replace(".", "_")
+    return {f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b, f"{key}.alpha": torch.tensor(float(alpha))}
+
+
 def _lora_state_dict(pipe, spec: DemoLora) -> dict[str, torch.Tensor]:
     """The LoRA's tensors, keyed the way ``spec.key_format`` spells them."""
     gen = torch.Generator().manual_seed(spec.seed)
@@ -273,15 +286,8 @@ def _lora_state_dict(pipe, spec: DemoLora) -> dict[str, torch.Tensor]:
     }
     for name, module in sorted(unet_modules.items()):
         a, b = _random_factors(module, spec.rank, gen)
-        if spec.key_format == "peft":
-            out[f"unet.{name}.lora_A.weight"] = a
-            out[f"unet.{name}.lora_B.weight"] = b
-        else:
-            key = "lora_unet_" + _sgm_unet_name(name).replace(".", "_")
-            out[f"{key}.lora_down.weight"] = a
-            out[f"{key}.lora_up.weight"] = b
-            # kohya's alpha: the effective scale is alpha / rank.
-            out[f"{key}.alpha"] = torch.tensor(float(spec.rank) / 2)
+        # kohya files get alpha = rank / 2 (scale 0.5), to exercise diffusers' alpha handling.
+        out.update(unet_lora_entries(name, a, b, spec.key_format, alpha=spec.rank / 2))
     if spec.text_encoder_rank:
         for prefix, modules in te_modules.items():
             for name, module in sorted(modules.items()):
