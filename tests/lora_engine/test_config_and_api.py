@@ -25,7 +25,8 @@ def test_public_api_is_pinned():
 
 
 def test_importing_the_engine_imports_no_torch():
-    code = "import lora_engine, lora_engine.scheduler, lora_engine.adapter_cache, sys; print('torch' in sys.modules)"
+    code = ("import lora_engine, lora_engine.scheduler, lora_engine.adapter_cache, lora_engine.demo_data, sys; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
