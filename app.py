@@ -177,8 +177,6 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
     def first_page(query: str, sort: str):
         try:
             page = catalogue.search(query or "", sort=sort, limit=PAGE_SIZE, offset=0)
-        except EngineError as e:  # pragma: no cover - the catalogue raises its own errors, below
-            raise _user_error(e) from None
         except ValueError as e:  # catalogue.InvalidSearch is a ValueError
             raise gr.Error(str(e)) from None
         ids = [e.repo_id for e in page.entries]

@@ -30,7 +30,7 @@ class AdapterKey:
     Args:
         repo_id (`str`): ``owner/name``.
         weight_name (`str`): the file inside the repo.
-        revision (`str`): the commit sha it was resolved to (``"local"`` for local folders).
+        revision (`str`): the commit sha it was resolved to (``"local-<mtime>"`` for local folders).
     """
 
     repo_id: str

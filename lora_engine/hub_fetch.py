@@ -190,6 +190,8 @@ class AdapterFetcher:
         self.resolve_ttl_s = resolve_ttl_s
         self.refusal_ttl_s = min(resolve_ttl_s, 60.0)
         self._resolved: dict[str, _Resolution] = {}
+        # Local folders: (folder mtime, card mtime) -> the source found then.
+        self._local: dict[str, tuple[tuple[int, int], AdapterSource]] = {}
         self._lock = threading.Lock()
 
     def local_dir(self, adapter_id: str) -> Path | None:
@@ -252,12 +254,25 @@ class AdapterFetcher:
         return None
 
     def _fetch_local(self, adapter_id: str, folder: Path) -> AdapterSource:
+        # Called on every request for a local adapter: a few stats decide whether the card must be read and
+        # the folder walked again (adding/removing files, editing the card or rewriting the weights shows).
         readme = folder / "README.md"
+        stamp = (folder.stat().st_mtime_ns, readme.stat().st_mtime_ns if readme.is_file() else 0)
+        with self._lock:
+            hit = self._local.get(adapter_id)
+        if hit is not None and hit[0] == stamp and hit[1].path.is_file():
+            if hit[1].key.revision == f"local-{hit[1].path.stat().st_mtime_ns}":
+                return hit[1]
         card = read_card(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
         check_card(adapter_id, card, [], self.accepted)
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         weight = choose_weight_file(adapter_id, files, card)
-        return AdapterSource(AdapterKey(adapter_id, weight, "local"), folder / weight, "local")
+        # The weight file's mtime stands in for a commit sha, so a rewritten file is a new cache key.
+        revision = f"local-{(folder / weight).stat().st_mtime_ns}"
+        source = AdapterSource(AdapterKey(adapter_id, weight, revision), folder / weight, "local")
+        with self._lock:
+            self._local[adapter_id] = (stamp, source)
+        return source
 
     def _resolve(self, adapter_id: str) -> tuple[AdapterKey, int | None]:
         now = time.monotonic()

@@ -171,3 +171,21 @@ def test_queue_full_is_refused_at_once_and_position_and_estimate_are_given(load_
         assert engine.position(waiting[0]) is None
     finally:
         engine.close()
+
+
+def test_local_adapters_are_resolved_from_stats_and_a_rewritten_file_is_a_new_key(demo_assets, tmp_path):
+    import shutil
+
+    from lora_engine.hub_fetch import AdapterFetcher
+    from lora_engine.torch_demo import DEMO_BASE_MODEL_ID
+
+    shutil.copytree(demo_assets.lora_dir("demo/neon-glow"), tmp_path / "me" / "glow")
+    fetcher = AdapterFetcher(accepted_base_models=(DEMO_BASE_MODEL_ID,), local_dirs=(tmp_path,))
+    first = fetcher.fetch("me/glow")
+    assert first.origin == "local" and first.key.revision.startswith("local-")
+    assert fetcher.fetch("me/glow") is first  # nothing changed: the remembered source, no re-read
+    weight = first.path
+    time.sleep(0.01)
+    weight.write_bytes(weight.read_bytes())  # rewritten in place: the folder's mtime does not change
+    again = fetcher.fetch("me/glow")
+    assert again.key != first.key
