@@ -43,8 +43,9 @@ def test_gradio_cancel_drops_the_waiting_request(served_app):
     # Two sessions (two browser tabs): Gradio's cancel stops every running event of the cancelling session.
     other, client = Client(served_app.url + "/", verbose=False), Client(served_app.url + "/", verbose=False)
     before = cancelled_count(engine)
+    dispatched = engine.status().scheduler["dispatched"]  # the app is shared: earlier tests ran requests
     busy = other.submit(prompt="a cat", num_inference_steps=100, width=256, height=256, seed=3, api_name="/generate")
-    assert wait_until(lambda: engine.status().queue_depth == 0 and engine.status().scheduler["dispatched"] > 0)
+    assert wait_until(lambda: engine.status().queue_depth == 0 and engine.status().scheduler["dispatched"] > dispatched)
     waiting = client.submit(prompt="a dog", lora="demo/neon-glow", num_inference_steps=2, seed=4, api_name="/generate")
     assert wait_until(lambda: engine.status().queue_depth == 1), "the second request never reached the engine"
     time.sleep(1.0)  # the handler has yielded at least once: Gradio now holds its iterator
@@ -57,13 +58,14 @@ def test_gradio_cancel_drops_the_waiting_request(served_app):
 def test_http_disconnect_drops_the_waiting_request(served_app):
     engine = served_app.engine
     before = cancelled_count(engine)
+    dispatched = engine.status().scheduler["dispatched"]
     with httpx.Client(timeout=120) as http:
         import threading
 
         busy = threading.Thread(target=lambda: http.post(served_app.url + "/", json={
             "inputs": "a cat", "parameters": {"num_inference_steps": 100, "width": 256, "height": 256}}))  # fmt: skip
         busy.start()
-        assert wait_until(lambda: engine.status().scheduler["dispatched"] > 0 and engine.status().queue_depth == 0)
+        assert wait_until(lambda: engine.status().scheduler["dispatched"] > dispatched and engine.status().queue_depth == 0)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(served_app.url + "/", json={"inputs": "a dog", "parameters": {"num_inference_steps": 2}},
                        timeout=1.0)  # fmt: skip
