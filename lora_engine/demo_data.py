@@ -4,7 +4,11 @@ What this is for: issue #8's dataset, "a {colour} {shape} on a {background} back
 varied sizes and positions, reproducible from a seed, so a training script can make it and tests can judge
 the trained model against the same vocabulary. Pure Pillow + stdlib: no torch.
 
-What it is not for: training (a later script) or judging outputs (``tests/support/judge.py``).
+Each scene can also be drawn with one of four *effects*, the looks the demo LoRAs learn: ``outline`` (the
+shape's contour only), ``stripes`` (a striped background), ``inverted`` (every colour inverted) and
+``pixelate`` (8-pixel blocks).
+
+What it is not for: training (``scripts/train_demo_model.py``) or judging outputs (``tests/support/judge.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-__all__ = ["BACKGROUNDS", "COLOURS", "SHAPES", "Scene", "draw", "prompt_grid", "sample_scenes"]
+__all__ = ["BACKGROUNDS", "COLOURS", "EFFECTS", "SHAPES", "Scene", "draw", "prompt_grid", "sample_scenes"]
 
 #: RGB of each colour word; saturated and far apart in hue, so a judge can tell them apart.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -27,6 +31,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
 RESOLUTION = 64
+#: The looks a LoRA can learn, applied on top of a scene by :func:`draw`.
+EFFECTS: tuple[str, ...] = ("outline", "stripes", "inverted", "pixelate")
+#: Line width of ``outline`` and period of ``stripes``/blocks of ``pixelate``, in pixels at 64 px.
+OUTLINE_WIDTH = 3
+STRIPE_PERIOD = 8
+BLOCK = 8
+_STRIPE_GREY = (128, 128, 128)
 # Drawn at 4x and downsampled: antialiased edges, like real images, instead of jagged ones.
 _SUPERSAMPLE = 4
 
@@ -53,24 +64,47 @@ class Scene:
         return f"a {self.colour} {self.shape} on a {self.background} background"
 
 
-def draw(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
-    """Render ``scene`` as an RGB image of ``resolution`` pixels a side."""
+def draw(scene: Scene, resolution: int = RESOLUTION, effect: str | None = None) -> Image.Image:
+    """Render ``scene`` as an RGB image of ``resolution`` pixels a side, with ``effect`` (one of ``EFFECTS``)."""
+    if effect is not None and effect not in EFFECTS:
+        raise ValueError(f"effect must be one of {EFFECTS} or None but is {effect!r}")
     big = resolution * _SUPERSAMPLE
+    scale = big / RESOLUTION
     image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     pen = ImageDraw.Draw(image)
+    if effect == "stripes":
+        # Horizontal bands, half background colour and half mid grey: visible on white and on black. They
+        # start a quarter period down, so no band edge lies on the 8-pixel grid that ``pixelate`` snaps to.
+        period = STRIPE_PERIOD * scale
+        y = period / 4
+        while y < big:
+            pen.rectangle((0, y, big, y + period / 2 - 1), fill=_STRIPE_GREY)
+            y += period
     half = scene.size * big / 2
     cx, cy = scene.cx * big, scene.cy * big
     box = (cx - half, cy - half, cx + half, cy + half)
-    fill = COLOURS[scene.colour]
+    colour = COLOURS[scene.colour]
+    # ``outline`` draws the contour in the colour and leaves the inside to the background.
+    fill, line, width = (None, colour, round(OUTLINE_WIDTH * scale)) if effect == "outline" else (colour, None, 0)
     if scene.shape == "circle":
-        pen.ellipse(box, fill=fill)
+        pen.ellipse(box, fill=fill, outline=line, width=width)
     elif scene.shape == "square":
-        pen.rectangle(box, fill=fill)
+        pen.rectangle(box, fill=fill, outline=line, width=width)
     elif scene.shape == "triangle":
-        pen.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fill)
+        corners = [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+        if line is None:
+            pen.polygon(corners, fill=fill)
+        else:
+            pen.line([*corners, corners[0], corners[1]], fill=line, width=width, joint="curve")
     else:
         raise ValueError(f"shape must be one of {SHAPES} but is {scene.shape!r}")
-    return image.resize((resolution, resolution), Image.LANCZOS)
+    image = image.resize((resolution, resolution), Image.LANCZOS)
+    if effect == "inverted":
+        image = Image.eval(image, lambda v: 255 - v)
+    elif effect == "pixelate":
+        blocks = resolution // (BLOCK * resolution // RESOLUTION)
+        image = image.resize((blocks, blocks), Image.BOX).resize((resolution, resolution), Image.NEAREST)
+    return image
 
 
 def sample_scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -94,8 +128,12 @@ def sample_scenes(n: int, seed: int = 0) -> list[Scene]:
 
 
 def prompt_grid() -> Iterator[Scene]:
-    """Every colour x shape x background once, centred at a middle size: the judge's prompt grid."""
+    """Every colour x shape x background once: the judge's prompt grid.
+
+    The model only sees the caption; size and place matter for calibrating the judge on drawn scenes, and
+    0.45 keeps a square's edges off the 8-pixel grid that ``pixelate`` snaps to.
+    """
     for colour in COLOURS:
         for shape in SHAPES:
             for background in BACKGROUNDS:
-                yield Scene(colour, shape, background)
+                yield Scene(colour, shape, background, size=0.45)

@@ -40,3 +40,21 @@ def test_the_judge_sees_no_shape_in_a_blank_image():
 
     verdict = judge(Image.new("RGB", (64, 64), (255, 255, 255)))
     assert verdict.colour is None and verdict.shape is None and verdict.background == "white"
+
+
+@pytest.mark.parametrize("effect", ["outline", "stripes", "inverted", "pixelate"])
+def test_the_effect_judge_tells_each_effect_from_plain_and_from_the_others(effect):
+    from lora_engine.demo_data import EFFECTS
+    from tests.support.judge import has_effect
+
+    for scene in list(prompt_grid()) + sample_scenes(100, seed=3):
+        assert has_effect(draw(scene, effect=effect), effect, scene), (scene, effect)
+        assert not has_effect(draw(scene), effect, scene), (scene, effect)
+        for other in EFFECTS:
+            if other != effect:
+                assert not has_effect(draw(scene, effect=other), effect, scene), (scene, other, effect)
+
+
+def test_an_unknown_effect_is_refused():
+    with pytest.raises(ValueError, match="sepia"):
+        draw(Scene("red", "circle", "white"), effect="sepia")

@@ -58,3 +58,68 @@ def judge(image) -> Verdict:
     # A square fills its box (1.0), a circle pi/4 (0.785), a triangle half of it (0.5).
     shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
     return Verdict(background, colour, shape, fill, float(mask.mean()), edge_density)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _hue_distance(a: float, b: float) -> float:
+    return min(abs(a - b), 1 - abs(a - b))
+
+
+def has_effect(image, effect: str, scene) -> bool:
+    """Whether ``image``, drawn for ``scene``'s prompt, shows ``effect`` (one of ``demo_data.EFFECTS``).
+
+    Each test reads one statistic that the effect moves far and a plain picture leaves alone:
+    ``outline``: the middle of the shape's bounding box is background, not colour;
+    ``stripes``: the left and right border columns alternate between two levels many times;
+    ``inverted``: the background is the other one, and the shape's hue is the inverted colour's;
+    ``pixelate``: most of the change between neighbouring pixels lies across the edges of 8-pixel blocks.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if effect == "outline":
+        verdict = judge(image)
+        if verdict.colour is None:
+            return False
+        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(axis=0)
+        mask = np.abs(rgb - border).sum(axis=2) > 120
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        h, w = y1 - y0, x1 - x0
+        # The central fifth of the box: inside every filled shape (the triangle's too), off every contour.
+        core = mask[y0 + 2 * h // 5 : y1 - 2 * h // 5, x0 + 2 * w // 5 : x1 - 2 * w // 5]
+        return core.size > 0 and float(core.mean()) < 0.3
+    if effect == "stripes":
+        for column in (rgb[:, 0], rgb[:, -1]):
+            lum = _luminance(column)
+            if lum.max() - lum.min() < 60:
+                return False
+            levels = lum > (lum.max() + lum.min()) / 2
+            if int(np.count_nonzero(levels[1:] != levels[:-1])) < 6:
+                return False
+        return True
+    if effect == "inverted":
+        verdict = judge(image)
+        flipped = "black" if scene.background == "white" else "white"
+        if verdict.background != flipped or verdict.colour is None:
+            return False
+        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(axis=0)
+        mask = np.abs(rgb - border).sum(axis=2) > 120
+        r, g, b = (rgb[mask].mean(axis=0) / 255).tolist()
+        inverted = [1 - c / 255 for c in COLOURS[scene.colour]]
+        return _hue_distance(colorsys.rgb_to_hsv(r, g, b)[0], colorsys.rgb_to_hsv(*inverted)[0]) < 0.09
+    if effect == "pixelate":
+        lum = _luminance(rgb)
+        dx = np.abs(np.diff(lum, axis=1))  # dx[:, i] is between columns i and i + 1
+        dy = np.abs(np.diff(lum, axis=0))
+        across = np.zeros(dx.shape[1], dtype=bool)
+        across[7::8] = True
+        # The share of all change that happens across block edges: about 7/63 in a plain picture, nearly all
+        # of it in a pixelated one. Each direction on its own, so horizontal stripes do not pass for blocks.
+        for inside, between in ((dx[:, ~across], dx[:, across]), (dy[~across, :], dy[across, :])):
+            total = inside.sum() + between.sum()
+            if total < 1000 or between.sum() < 0.6 * total:
+                return False
+        return True
+    raise ValueError(f"effect must be one of outline, stripes, inverted, pixelate but is {effect!r}")
