@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .adapter_cache import AdapterKey, ByteLRU
 from .config import EngineConfig
-from .errors import AdapterError, EngineClosed, EngineError, QueueFull
+from .errors import AdapterError, EngineClosed, EngineError, InvalidAdapterId, QueueFull
 from .metrics import EngineMetrics
 from .request import BASE_ADAPTER, GenerationRequest, GenerationResult, RequestLimits, Timings, validate_request
 from .scheduler import SchedulerState, Ticket
@@ -286,6 +286,49 @@ class Engine:
         if adapter_id == BASE_ADAPTER:
             return None
         return self.fetcher.resolve(adapter_id)
+
+    def preload(self, adapter_id: str):
+        """Fetch and parse an adapter into the RAM tier now, on the calling thread; the weights are untouched.
+
+        For hosts that decide which adapters a process holds, such as Ray Serve's multiplexed loader
+        (``ray_serving``): what they count as loaded is then what this engine holds. Waits for a fetch of the
+        same adapter already in progress rather than fetching it twice.
+
+        Returns:
+            `AdapterKey`: the repo, file and revision now in the RAM tier.
+
+        Raises:
+            InvalidAdapterId (``""`` too: the base model has nothing to load), and the adapter's own refusal:
+            AdapterNotFound, AdapterGated, AdapterFetchError, IncompatibleAdapter, UnsafeAdapterFile,
+            UnsupportedAdapterFormat, CorruptAdapter
+        """
+        from .request import check_adapter_id
+
+        if check_adapter_id(adapter_id) == BASE_ADAPTER:
+            raise InvalidAdapterId(adapter_id, "the base model is always loaded; there is nothing to preload")
+        key, _ = self._ensure_in_ram(adapter_id)
+        return key
+
+    def evict(self, adapter_id: str) -> bool:
+        """Drop every revision of an adapter from the RAM and device tiers; returns whether any was held.
+
+        The other half of ``preload``: a host that unloads an adapter calls this, so the engine does not keep
+        bytes for it. The adapter in the weights stays usable (the worker holds its factors); a later request
+        for it fetches it again, from the disk tier.
+        """
+        dropped = False
+        with self._cache_lock:
+            for tier, lru in (("ram", self._ram), ("device", self._device)):
+                for key in [k for k in lru.keys() if k.repo_id == adapter_id]:
+                    lru.pop(key)
+                    dropped = True
+                self.metrics.cache_bytes.labels(tier).set(lru.bytes)
+        return dropped
+
+    def resident_adapters(self) -> list[str]:
+        """The adapter ids parsed in the RAM tier, least recently used first."""
+        with self._cache_lock:
+            return list(dict.fromkeys(key.repo_id for key in self._ram.keys()))
 
     def position(self, future: Future) -> int | None:
         """How many requests run before this one (an estimate); None once it runs or is gone."""

@@ -12,6 +12,7 @@ The tree (each error also inherits the matching builtin, so ``except ValueError`
     ├── RequestCancelled(RuntimeError)      the caller left before the request ran
     ├── EngineClosed(RuntimeError)          submit() after close()
     ├── ConfigError(ValueError)             a configuration value is invalid
+    ├── ReplicaUnavailable(RuntimeError)    the Ray Serve replica for a request died and retries ran out
     └── AdapterError                        anything about one adapter; carries ``adapter_id``
         ├── InvalidAdapterId(ValueError)    not an ``owner/name`` repo id (paths, ``..``, URLs)
         ├── AdapterNotFound(LookupError)    no such repo, file or revision on the Hub
@@ -20,7 +21,11 @@ The tree (each error also inherits the matching builtin, so ``except ValueError`
         ├── UnsafeAdapterFile(ValueError)   not a .safetensors file (pickles are never opened), or over the size cap
         ├── IncompatibleAdapter(ValueError) not a LoRA, or made for another base model / architecture
         ├── UnsupportedAdapterFormat(ValueError)  a known format we do not apply (LoHa, LoKr, DoRA, ...)
-        └── CorruptAdapter(ValueError)      truncated file, bad header, NaN/inf values
+        ├── CorruptAdapter(ValueError)      truncated file, bad header, NaN/inf values
+        └── BaseModelNotDeployed(LookupError)  Ray Serve: no deployment serves the base model its card names
+
+Every error pickles as itself, fields included (``__reduce__``), so it crosses process boundaries (Ray
+Serve replicas, multiprocessing) with its type and message intact.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "AdapterFetchError",
     "AdapterGated",
     "AdapterNotFound",
+    "BaseModelNotDeployed",
     "ConfigError",
     "CorruptAdapter",
     "EngineClosed",
@@ -38,6 +44,7 @@ __all__ = [
     "InvalidAdapterId",
     "InvalidRequest",
     "QueueFull",
+    "ReplicaUnavailable",
     "RequestCancelled",
     "UnsafeAdapterFile",
     "UnsupportedAdapterFormat",
@@ -51,6 +58,19 @@ class EngineError(Exception):
     kind = "engine_error"
     #: Whether the caller is at fault (HTTP 4xx) rather than the server or the Hub (5xx).
     client_error = True
+
+    def __reduce__(self):
+        # Pickling by ``args`` would call ``__init__`` with the formatted message alone, which most of these
+        # signatures do not take (``AdapterError(adapter_id, message)``, ``QueueFull(max_queue)``): rebuild
+        # from the message and the fields instead.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type, message: str, fields: dict) -> EngineError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(fields)
+    return error
 
 
 class InvalidRequest(EngineError, ValueError):
@@ -91,6 +111,14 @@ class ConfigError(EngineError, ValueError):
     """Raised when a configuration value (environment variable or flag) is invalid."""
 
     kind = "config_error"
+    client_error = False
+
+
+class ReplicaUnavailable(EngineError, RuntimeError):
+    """Raised when the Ray Serve replica running a request died or became unreachable, and the retries on
+    other replicas ran out too (``lora_engine.ray_serving``)."""
+
+    kind = "replica_unavailable"
     client_error = False
 
 
@@ -152,3 +180,24 @@ class CorruptAdapter(AdapterError, ValueError):
     """Raised when the file is truncated, its header is malformed, or it holds NaN/inf values."""
 
     kind = "corrupt_adapter"
+
+
+class BaseModelNotDeployed(AdapterError, LookupError):
+    """Raised when an adapter's base_model has no deployment in the Ray Serve application.
+
+    Args:
+        adapter_id (`str`): the adapter.
+        base_models (`tuple[str, ...]`): the base models its card names.
+        deployed (`tuple[str, ...]`): the base models the application serves.
+    """
+
+    kind = "base_model_not_deployed"
+
+    def __init__(self, adapter_id: str, base_models, deployed):
+        self.base_models = tuple(base_models)
+        self.deployed = tuple(deployed)
+        super().__init__(
+            adapter_id,
+            f"it is a LoRA for {', '.join(self.base_models)}, and no deployment serves that base model "
+            f"(deployed: {', '.join(self.deployed) or 'none'})",
+        )

@@ -38,7 +38,7 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdapterFetcher", "AdapterSource", "choose_weight_file", "read_card"]
+__all__ = ["AdapterFetcher", "AdapterSource", "card_bases", "choose_weight_file", "read_card"]
 
 # Downloads run here so that a caller can stop waiting while huggingface_hub retries; shared by all fetchers.
 _background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-download")
@@ -126,11 +126,11 @@ def _base_models(card: dict, tags: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def check_card(adapter_id: str, card: dict, tags: list[str], accepted: tuple[str, ...]) -> None:
-    """The card/tags must say LoRA and name an accepted base model.
+def card_bases(adapter_id: str, card: dict, tags: list[str]) -> list[str]:
+    """The base models a LoRA's card and tags name (``base_model``, ``base_model:`` tags), in order.
 
     Raises:
-        IncompatibleAdapter: naming what was found.
+        IncompatibleAdapter: the card and tags do not say LoRA, or name no base model.
     """
     card_tags = card.get("tags") or []
     all_tags = set(tags) | {t for t in card_tags if isinstance(t, str)}
@@ -140,6 +140,16 @@ def check_card(adapter_id: str, card: dict, tags: list[str], accepted: tuple[str
     bases = _base_models(card, tags)
     if not bases:
         raise IncompatibleAdapter(adapter_id, "its card names no base_model, so it cannot be matched to ours")
+    return bases
+
+
+def check_card(adapter_id: str, card: dict, tags: list[str], accepted: tuple[str, ...]) -> None:
+    """The card/tags must say LoRA and name an accepted base model.
+
+    Raises:
+        IncompatibleAdapter: naming what was found.
+    """
+    bases = card_bases(adapter_id, card, tags)
     if not set(bases) & set(accepted):
         raise IncompatibleAdapter(
             adapter_id, f"it is a LoRA for {', '.join(bases)}, not for {' or '.join(accepted)}"
@@ -190,6 +200,8 @@ class AdapterFetcher:
         self.resolve_ttl_s = resolve_ttl_s
         self.refusal_ttl_s = min(resolve_ttl_s, 60.0)
         self._resolved: dict[str, _Resolution] = {}
+        # adapter id -> (monotonic time, the base models its card names), for card_base_models.
+        self._bases: dict[str, tuple[float, tuple[str, ...]]] = {}
         # Local folders: (folder mtime, card mtime) -> the source found then.
         self._local: dict[str, tuple[tuple[int, int], AdapterSource]] = {}
         self._lock = threading.Lock()
@@ -232,6 +244,37 @@ class AdapterFetcher:
         key, size = self._resolve(adapter_id)
         self._check_size(adapter_id, key, size)
         return key
+
+    def card_base_models(self, adapter_id: str) -> tuple[str, ...]:
+        """The base models the adapter's card names, whether or not we accept them; nothing is downloaded.
+
+        For routing a request to whichever process serves that base (``ray_serving``). Read from the local
+        folder's card, else from the Hub's ``model_info``; remembered for ``resolve_ttl_s``.
+
+        Raises:
+            IncompatibleAdapter: the card does not say LoRA, or names no base model.
+            AdapterNotFound, AdapterGated, AdapterFetchError: the Hub's answer, as for ``fetch``.
+        """
+        with self._lock:
+            hit = self._bases.get(adapter_id)
+        if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s:
+            return hit[1]
+        local = self.local_dir(adapter_id)
+        if local is not None:
+            readme = local / "README.md"
+            card = read_card(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
+            bases = card_bases(adapter_id, card, [])
+        else:
+            from huggingface_hub import HfApi
+
+            api = HfApi(endpoint=self.endpoint, token=self.token)
+            with _hub_errors(adapter_id):
+                info = api.model_info(adapter_id, timeout=self.timeout_s)
+            card = info.card_data.to_dict() if info.card_data is not None else {}
+            bases = card_bases(adapter_id, card, list(info.tags or []))
+        with self._lock:
+            self._bases[adapter_id] = (time.monotonic(), tuple(bases))
+        return tuple(bases)
 
     def _check_size(self, adapter_id: str, key: AdapterKey, size: int | None) -> None:
         if size is not None and size > self.max_bytes:
