@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from catalogue.presentation import caption, describe_entry, with_trigger_words
 from lora_engine import EngineConfig, GenerationRequest
+from lora_engine.cluster_config import ClusterConfig
 from lora_engine.errors import EngineError, QueueFull
 
 logger = logging.getLogger("app")
@@ -380,6 +381,8 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
                 return error(499, "client closed the request", "cancelled")
         try:
             result = wrapped.result()
+        except QueueFull as e:  # a Ray Serve application refuses through the future (lora_engine.ray_serving)
+            return error(503, str(e), e.kind, **{"Retry-After": "5"})
         except EngineError as e:
             return error(400 if e.client_error else 502, str(e), e.kind)
         except Exception:  # a bug: logged with its traceback, and a short message to the caller
@@ -499,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     app_group.add_argument("--no-hub-catalogue", action="store_true",
                            default=os.environ.get("CATALOGUE_NO_HUB", "") not in ("", "0"),
                            help="[env: CATALOGUE_NO_HUB] list local LoRAs only")  # fmt: skip
+    ClusterConfig.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -508,11 +512,19 @@ def main(argv: list[str] | None = None) -> None:
 
     config = EngineConfig.from_args(args)
     started = time.monotonic()
-    engine = Engine.from_config(config)
+    gpu_call = None
+    if ClusterConfig.wanted(args):
+        # The same UI and HTTP surface in front of a Ray Serve application; ray is imported only here.
+        from lora_engine.ray_serving import start
+
+        engine = start(ClusterConfig.from_args(args, config))
+    else:
+        engine = Engine.from_config(config)
+        gpu_call = zero_gpu_decorator()
     logger.info("engine ready in %.1f s: %s", time.monotonic() - started, engine.info)
     catalogue = _build_catalogue(engine, args)
     catalogue.start()
-    app = build_app(engine, catalogue, gpu_call=zero_gpu_decorator())
+    app = build_app(engine, catalogue, gpu_call=gpu_call)
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     logger.info("serving on http://%s:%d", host, port)

@@ -1,0 +1,133 @@
+"""The ``--ray`` configuration (flags, environment, YAML), and that nothing imports ray unless asked. No Ray runs."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_engine import EngineConfig
+from lora_engine.cluster_config import ClusterConfig, DeploymentSpec
+from lora_engine.errors import ConfigError
+
+
+def parse(argv, environ=None):
+    parser = argparse.ArgumentParser()
+    EngineConfig.add_arguments(parser)
+    ClusterConfig.add_arguments(parser)
+    args = parser.parse_args(argv)
+    engine = EngineConfig.from_args(args, environ=environ or {})
+    return args, ClusterConfig.from_args(args, engine, environ=environ or {})
+
+
+def test_the_app_and_the_engine_import_no_ray():
+    code = "import sys, app, lora_engine, lora_engine.cluster_config; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    code = "import sys, lora_engine.ray_serving; print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True False"
+
+
+def test_flags_and_their_defaults():
+    args, cluster = parse([])
+    assert not ClusterConfig.wanted(args, {})
+    (spec,) = cluster.deployments
+    assert (spec.replicas, spec.gpus_per_replica, spec.cpus_per_replica, spec.adapters_per_replica) == (1, None, 1.0, 8)
+    assert spec.queue_limit == 64 and cluster.capacity == 8 + 64 and cluster.retries == 2
+
+    args, cluster = parse(["--ray", "--replicas", "2", "--adapters-per-replica", "4", "--gpus-per-replica", "0",
+                           "--max-queue", "10", "--model-id", "a/b"])  # fmt: skip
+    assert ClusterConfig.wanted(args, {})
+    (spec,) = cluster.deployments
+    assert (spec.replicas, spec.adapters_per_replica, spec.gpus_per_replica, spec.engine.model_id) == (2, 4, 0.0, "a/b")
+    assert spec.queue_limit == 10 and cluster.deployment_names() == ["engine-a-b"]
+
+
+def test_the_environment_counts_and_flags_win():
+    env = {"LORA_RAY": "1", "LORA_RAY_REPLICAS": "3", "LORA_RAY_GPUS_PER_REPLICA": "0.5", "LORA_RAY_RETRIES": "0"}
+    args, cluster = parse(["--replicas", "4"], env)
+    assert ClusterConfig.wanted(args, env)
+    assert (cluster.deployments[0].replicas, cluster.deployments[0].gpus_per_replica, cluster.retries) == (4, 0.5, 0)
+    _, cluster = parse([], {"LORA_RAY_GPUS_PER_REPLICA": "auto"})
+    assert cluster.deployments[0].gpus_per_replica is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--replicas", "0"], {}, "replicas must be at least 1 but is 0"),
+        ([], {"LORA_RAY_REPLICAS": "many"}, "LORA_RAY_REPLICAS must be a int but is 'many'"),
+        ([], {"LORA_RAY": "perhaps"}, "LORA_RAY must be a flag but is 'perhaps'"),
+        (["--gpus-per-replica", "-1"], {}, "gpus_per_replica must be >= 0 but is -1.0"),
+    ],
+)
+def test_bad_values_fail_fast_naming_them(argv, env, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(argv, env)
+
+
+def test_a_yaml_file_lists_one_deployment_per_base_model(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "retries: 1\n"
+        "deployments:\n"
+        "  - {replicas: 2, gpus_per_replica: 1, adapters_per_replica: 16}\n"
+        "  - {model_id: /models/b, base_model_id: me/sdxl-b, extra_base_models: [me/sdxl-b-v2], replicas: 1,\n"
+        "     max_queue: 5, name: engine-b}\n"
+    )  # fmt: skip
+    _, cluster = parse(["--ray-config", str(path), "--adapters-per-replica", "3", "--dtype", "float16"])
+    a, b = cluster.deployments
+    assert (a.replicas, a.gpus_per_replica, a.adapters_per_replica, a.engine.dtype) == (2, 1, 16, "float16")
+    assert (b.replicas, b.adapters_per_replica, b.engine.model_id, b.engine.base_model_id) == (1, 3, "/models/b", "me/sdxl-b")
+    assert b.engine.extra_base_models == ("me/sdxl-b-v2",) and b.engine.dtype == "float16" and b.queue_limit == 5
+    assert cluster.retries == 1 and cluster.deployment_names() == ["engine-0", "engine-b"]
+    assert cluster.capacity == (2 * 8 + 64) + (1 * 8 + 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("deployments:\n  - {replicas: 1, gpu: 1}\n", r"unknown keys \['gpu'\] in deployment 0"),
+        ("replica: 2\n", r"unknown keys \['replica'\]"),
+        ("deployments: [{name: x}, {name: x}]\n", "deployment names must differ"),
+        ("deployments: 3\n", "must be a list of mappings"),
+        ("- a\n", "must be a mapping"),
+    ],
+)
+def test_bad_yaml_fails_fast(tmp_path, text, message):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse(["--ray-config", str(path)])
+
+
+def test_the_app_documents_the_flags():
+    out = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--ray ", "--replicas", "--gpus-per-replica", "--adapters-per-replica", "--ray-config",
+                 "[env: LORA_RAY_REPLICAS] [default: 1]"):  # fmt: skip
+        assert flag in out, flag
+
+
+def test_replicas_get_the_hub_environment_and_this_checkout():
+    import lora_engine
+    from lora_engine.ray_serving import runtime_env
+
+    environ = {"HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c", "HOME": "/root"}
+    env = runtime_env(ClusterConfig(), environ)
+    assert {k: env["env_vars"][k] for k in ("HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME")} == {
+        "HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c"}  # fmt: skip
+    assert "HOME" not in env["env_vars"] and "py_modules" not in env
+    assert env["env_vars"]["PYTHONPATH"] == str(Path(lora_engine.__file__).resolve().parents[1])
+    shipped = runtime_env(ClusterConfig(address="ray://head:10001"), environ)
+    assert shipped["py_modules"][0].endswith("lora_engine") and "PYTHONPATH" not in shipped["env_vars"]
+
+
+def test_deployment_spec_rules():
+    with pytest.raises(ConfigError, match="name"):
+        DeploymentSpec(name="bad name!")
+    assert DeploymentSpec(engine=EngineConfig(base_model_id="stabilityai/sdxl base")).deployment_name(3) == (
+        "engine-stabilityai-sdxl-base")
