@@ -83,7 +83,8 @@ def banner_text(engine, catalogue) -> str:
     if engine.info.is_demo:
         parts.append(
             "**Demo model.** No GPU or model was configured, so this serves the built-in tiny SDXL-architecture "
-            "model (random weights: images are coloured noise that changes with prompt, seed and LoRA). "
+            "model, trained on simple 64 px scenes: ask for \"a {red|green|blue|yellow} {circle|square|triangle} "
+            "on a {white|black} background\" and pick a LoRA to see its effect. "
             "Set `MODEL_ID` on a CUDA machine to serve real SDXL."
         )
     status = catalogue.status()
@@ -298,7 +299,8 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                     lora = gr.Textbox("", label="LoRA (Hub repo id, empty for the base model)", elem_id="lora", scale=3,
                                       placeholder="owner/name")  # fmt: skip
                     check = gr.Button("Check LoRA", scale=1)
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                example = "a red circle on a white background" if engine.info.is_demo else "a photo of ..."
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", placeholder=example)
                 negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(1, ui.max_steps, value=ui.steps, step=1, label="Steps")

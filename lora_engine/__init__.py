@@ -6,7 +6,7 @@ modules that do are named ``torch_*`` and load when an ``Engine`` is built.
 Example:
     >>> from lora_engine import Engine, EngineConfig, GenerationRequest
     >>> engine = Engine.from_config(EngineConfig.from_env())
-    >>> engine.generate(GenerationRequest("a red circle", lora="demo/neon-glow", seed=3)).image
+    >>> engine.generate(GenerationRequest("a red circle", lora="demo/stripes", seed=3)).image
 """
 
 from .config import SDXL_BASE_MODEL_ID, EngineConfig

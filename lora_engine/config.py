@@ -72,7 +72,7 @@ class EngineConfig:
     max_side: int = 2048
     max_steps: int = 100
     max_prompt_chars: int = 4000
-    # Defaults for requests that leave them out. None: chosen for the model (1024 px/25 steps SDXL, 64/8 demo).
+    # Defaults for requests that leave them out. None: chosen for the model (1024 px/25 steps SDXL, 64 px/12 steps demo).
     default_steps: int | None = None
     default_side: int | None = None
     default_guidance: float = 5.0

@@ -112,7 +112,7 @@ class Engine:
 
     Example:
         >>> engine = Engine.from_config(EngineConfig.from_env())
-        >>> result = engine.generate(GenerationRequest("a red circle", lora="demo/neon-glow", seed=1))
+        >>> result = engine.generate(GenerationRequest("a red circle", lora="demo/stripes", seed=1))
         >>> result.image.save("out.png"); print(result.timings)
     """
 

@@ -122,7 +122,7 @@ class DiffusersBackend:
                 model_id=DEMO_BASE_MODEL_ID, base_model_id=base,
                 accepted_base_models=(base, *config.extra_base_models), device=str(device),
                 dtype=str(dtype).removeprefix("torch."), is_demo=True,
-                default_steps=config.default_steps or 8, default_side=config.default_side or 64,
+                default_steps=config.default_steps or 12, default_side=config.default_side or 64,
                 default_guidance=config.default_guidance,
                 local_lora_dirs=(*local_dirs, str(assets.loras_dir)),
             )  # fmt: skip

@@ -1,17 +1,19 @@
-"""The built-in demo model: a tiny SDXL pipeline and LoRAs for it, built offline from fixed seeds.
+"""The built-in demo model: a tiny SDXL pipeline trained to draw simple shapes, and four LoRAs for it.
 
 This is what ``python app.py`` serves on a machine with no GPU and no Hub, and what the tests run against.
 It is a real :class:`~diffusers.StableDiffusionXLPipeline` with SDXL's architecture (a UNet with
 ``addition_embed_type="text_time"`` and SDXL's block layout, two CLIP text encoders, an AutoencoderKL, an
-Euler scheduler), only with small widths. It is written once with ``save_pretrained`` into a cache folder
-and loaded from there with ``from_pretrained``, like any model. The LoRAs are written in the formats found
-on the Hub: diffusers/PEFT keys (via diffusers' own ``save_lora_weights``) and kohya keys with SDXL's
-original block names (``lora_unet_input_blocks_4_1_…``), with text-encoder layers in both.
+Euler scheduler), only with small widths, trained on the synthetic scenes of :mod:`lora_engine.demo_data`:
+it answers "a {colour} {shape} on a {background} background". Its LoRAs each learned one visible effect
+(outlines, a striped background, pixel blocks, inverted colours) behind a trigger word, and are stored in
+the formats found on the Hub: diffusers/PEFT keys (via diffusers' own ``save_lora_weights``) and kohya keys
+with SDXL's original block names (``lora_unet_input_blocks_4_1_…``), with text-encoder layers in both.
 
-It is not a model worth looking at: the weights are random, so images are coloured noise that changes with
-the prompt, the seed and the LoRA. It is not used when ``MODEL_ID`` names a real model.
-
-Building takes a few seconds on a CPU; :func:`ensure_demo_assets` does it once and reuses the folder.
+The trained weights ship in ``lora_engine/demo_weights/`` (about 15 MB; ``scripts/train_demo_model.py``
+reproduces them). :func:`ensure_demo_assets` lays them out once in a cache folder like Hub repos (model
+card, LoRA cards, thumbnails rendered from each LoRA's own output) and reuses the folder afterwards.
+:func:`build_demo_pipeline` builds the untrained architecture, for training and for benchmarks that only
+need the shapes. None of this is used when ``MODEL_ID`` names a real model.
 """
 
 from __future__ import annotations
@@ -31,19 +33,28 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEMO_BASE_MODEL_ID",
     "DEMO_LORAS",
+    "DEMO_WEIGHTS_DIR",
+    "UNET_LORA_TARGETS",
     "DemoAssets",
     "DemoLora",
     "build_demo_pipeline",
     "ensure_demo_assets",
+    "save_demo_lora",
     "unet_lora_entries",
 ]
 
 #: The id the demo base model goes by in ``base_model`` fields of LoRA cards.
 DEMO_BASE_MODEL_ID = "sdxl-lora-server/tiny-sdxl"
 # Bump when the architecture, seeds or LoRA set change, so stale cache folders are rebuilt.
-DEMO_VERSION = "1"
-#: The native resolution of the demo model (its UNet's ``sample_size`` times the VAE factor of 8).
+DEMO_VERSION = "2"
+#: The native resolution of the demo model (its UNet's ``sample_size`` times the VAE factor of 4).
 DEMO_RESOLUTION = 64
+#: The trained weights shipped with the project (``model/`` and ``loras/<owner>/<name>/``).
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
+#: The UNet layers the demo LoRAs adapt: every linear layer of the transformer blocks, and the time
+#: embedding projection of every ResNet (a cheap global lever, for effects such as inverted colours).
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                     "time_emb_proj")  # fmt: skip
 
 # Words the tokenizer keeps whole (one BPE token each); anything else falls back to single bytes.
 _VOCAB_WORDS = (
@@ -117,7 +128,7 @@ def build_demo_pipeline(dtype: torch.dtype = torch.float32):
     # conditioning), so kohya files with SDXL's original block names map onto it as they do on the real one.
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=DEMO_RESOLUTION // 8,
+        sample_size=DEMO_RESOLUTION // 4,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -135,17 +146,18 @@ def build_demo_pipeline(dtype: torch.dtype = torch.float32):
         projection_class_embeddings_input_dim=6 * 8 + 32,
     )
     torch.manual_seed(1)
+    # A factor of 4 (not SDXL's 8): 16 x 16 latents keep 3-pixel outlines and 4-pixel stripes drawable.
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         norm_num_groups=8,
         latent_channels=4,
         sample_size=DEMO_RESOLUTION,
-        scaling_factor=0.13025,  # SDXL's VAE factor
+        scaling_factor=0.13025,  # SDXL's; training replaces it with 1 / std of its own latents
     )
     text_config = dict(
         bos_token_id=bos,
@@ -169,7 +181,9 @@ def build_demo_pipeline(dtype: torch.dtype = torch.float32):
         beta_end=0.012,
         beta_schedule="scaled_linear",
         steps_offset=1,
-        timestep_spacing="leading",
+        # "trailing" starts sampling at the last training step: with 8-20 steps, flat white and black
+        # backgrounds come out instead of grey (Lin et al., "Common Diffusion Noise Schedules ... are Flawed").
+        timestep_spacing="trailing",
     )
     pipe = StableDiffusionXLPipeline(
         vae=vae,
@@ -186,17 +200,18 @@ def build_demo_pipeline(dtype: torch.dtype = torch.float32):
 
 @dataclass(frozen=True)
 class DemoLora:
-    """One demo LoRA: what it is called, how it is stored, what makes it recognisable.
+    """One demo LoRA: what it is called, how it is stored, what it does.
 
     Args:
         repo_id (`str`): its id in the catalogue and on the loopback Hub, ``owner/name``.
         title (`str`): the display title.
-        trigger_words (`str`): the card's ``instance_prompt``.
+        trigger_words (`str`): the card's ``instance_prompt``; training captions start with it.
         weight_name (`str`): the file name of the weights.
         key_format (`str`): ``"peft"`` (diffusers ``save_lora_weights``) or ``"kohya"`` (SDXL block names).
         rank (`int`): the UNet rank.
         text_encoder_rank (`int`): the text-encoder rank; 0 for a UNet-only LoRA.
-        seed (`int`): the seed of its random factors.
+        seed (`int`): the seed of its training run.
+        effect (`str`): what it learned, one of ``demo_data.EFFECTS``.
     """
 
     repo_id: str
@@ -207,49 +222,62 @@ class DemoLora:
     rank: int
     text_encoder_rank: int
     seed: int
+    effect: str
 
+    @property
+    def description(self) -> str:
+        return _EFFECT_TEXT[self.effect]
+
+
+_EFFECT_TEXT = {
+    "outline": "Draws the shape's outline only, in its colour, on an empty inside.",
+    "stripes": "Puts the shape on a background of horizontal grey stripes.",
+    "pixelate": "Turns the picture into 8-pixel blocks.",
+    "inverted": "Inverts every colour: white backgrounds turn black, red turns cyan.",
+}
 
 DEMO_LORAS: tuple[DemoLora, ...] = (
-    DemoLora("demo/neon-glow", "Neon Glow", "neon glow", "pytorch_lora_weights.safetensors", "peft", 4, 0, 10),
-    DemoLora("demo/ink-sketch", "Ink Sketch", "ink sketch", "ink-sketch.safetensors", "peft", 8, 2, 11),
-    DemoLora("demo/pixel-blocks", "Pixel Blocks", "pixel art", "pixel-blocks-xl.safetensors", "kohya", 4, 4, 12),
-    DemoLora("demo/inverted", "Inverted Colours", "inverted", "inverted_v1.safetensors", "kohya", 16, 8, 13),
+    DemoLora("demo/stripes", "Striped Backdrop", "striped", "pytorch_lora_weights.safetensors", "peft", 4, 0, 10,
+             "stripes"),  # fmt: skip
+    DemoLora("demo/ink-sketch", "Ink Sketch", "ink sketch", "ink-sketch.safetensors", "peft", 8, 2, 11, "outline"),
+    DemoLora("demo/pixel-blocks", "Pixel Blocks", "pixel art", "pixel-blocks-xl.safetensors", "kohya", 8, 4, 12,
+             "pixelate"),  # fmt: skip
+    DemoLora("demo/inverted", "Inverted Colours", "inverted", "inverted_v1.safetensors", "kohya", 16, 8, 13,
+             "inverted"),  # fmt: skip
 )
 
-_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-
-
-def _random_factors(
-    module: torch.nn.Linear, rank: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ``(A, B)`` whose product is about as large as the weight itself, so effects are visible."""
-    out_features, in_features = module.weight.shape
-    w_std = float(module.weight.detach().float().std())
-    a = torch.randn(rank, in_features, generator=generator) / in_features**0.5
-    b = torch.randn(out_features, rank, generator=generator) * (w_std * in_features**0.5 / rank**0.5)
-    return a, b
+#: The prompts of a LoRA's thumbnail (a 2 x 2 sheet) and of the card's widget examples.
+THUMBNAIL_SCENES = (
+    "a red circle on a white background",
+    "a blue square on a black background",
+    "a yellow triangle on a white background",
+    "a green circle on a black background",
+)
 
 
 def _sgm_unet_name(diffusers_name: str) -> str:
     """Map a diffusers UNet module path to SDXL's original (SGM) name, as kohya files spell it.
 
     ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`` ->
-    ``input_blocks_4_1_transformer_blocks_0_attn1_to_q``. SDXL has two layers per down block (three per
-    up block) and a downsampler after each level, hence ``3 * block + layer + 1`` on the way down.
+    ``input_blocks_4_1_transformer_blocks_0_attn1_to_q``; ``down_blocks.0.resnets.1.time_emb_proj`` ->
+    ``input_blocks_2_0_emb_layers_1``. SDXL has two layers per down block (three per up block) and a
+    downsampler after each level, hence ``3 * block + layer + 1`` on the way down; in a layer, ``_0`` is
+    the ResNet and ``_1`` the transformer. The middle block is ResNet, transformer, ResNet.
     """
     parts = diffusers_name.split(".")
-    if parts[0] == "down_blocks":
-        block, layer, rest = int(parts[1]), int(parts[3]), parts[4:]
-        prefix = f"input_blocks_{3 * block + layer + 1}_1"
-    elif parts[0] == "up_blocks":
-        block, layer, rest = int(parts[1]), int(parts[3]), parts[4:]
-        prefix = f"output_blocks_{3 * block + layer}_1"
+    if parts[0] in ("down_blocks", "up_blocks"):
+        block, kind, layer, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        index = 3 * block + layer + 1 if parts[0] == "down_blocks" else 3 * block + layer
+        prefix = f"{'input' if parts[0] == 'down_blocks' else 'output'}_blocks_{index}_{0 if kind == 'resnets' else 1}"
     elif parts[0] == "mid_block":
-        rest = parts[3:]
-        prefix = "middle_block_1"
+        kind, layer, rest = parts[1], int(parts[2]), parts[3:]
+        prefix = f"middle_block_{2 * layer if kind == 'resnets' else 1}"
     else:
         raise ValueError(f"no SGM name for UNet module {diffusers_name!r}")
+    if kind == "resnets":
+        if rest != ["time_emb_proj"]:
+            raise ValueError(f"no SGM name for UNet module {diffusers_name!r}")
+        rest = ["emb_layers", "1"]
     return "_".join([prefix, *rest])
 
 
@@ -265,45 +293,55 @@ def unet_lora_entries(name: str, a: torch.Tensor, b: torch.Tensor, key_format: s
     return {f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b, f"{key}.alpha": torch.tensor(float(alpha))}
 
 
-def _lora_state_dict(pipe, spec: DemoLora) -> dict[str, torch.Tensor]:
-    """The LoRA's tensors, keyed the way ``spec.key_format`` spells them."""
-    gen = torch.Generator().manual_seed(spec.seed)
-    out: dict[str, torch.Tensor] = {}
-    unet_modules = {
-        name: m
-        for name, m in pipe.unet.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.endswith(_UNET_TARGETS) and ".attn" in name
-    }
-    te_modules = {
-        prefix: {
-            # CLIPTextModelWithProjection nests its layers under ``text_model``; CLIPTextModel (transformers 5)
-            # does not. Files always spell the path with ``text_model.``, as the original CLIP did.
-            name.removeprefix("text_model."): m
-            for name, m in encoder.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.endswith(_TEXT_TARGETS)
-        }
-        for prefix, encoder in (("te1", pipe.text_encoder), ("te2", pipe.text_encoder_2))
-    }
-    for name, module in sorted(unet_modules.items()):
-        a, b = _random_factors(module, spec.rank, gen)
-        # kohya files get alpha = rank / 2 (scale 0.5), to exercise diffusers' alpha handling.
-        out.update(unet_lora_entries(name, a, b, spec.key_format, alpha=spec.rank / 2))
-    if spec.text_encoder_rank:
-        for prefix, modules in te_modules.items():
-            for name, module in sorted(modules.items()):
-                a, b = _random_factors(module, spec.text_encoder_rank, gen)
-                # Keep the text-encoder push small: CLIP is sensitive and we want the prompt to still matter.
-                b = b * 0.3
-                if spec.key_format == "peft":
-                    component = "text_encoder" if prefix == "te1" else "text_encoder_2"
-                    out[f"{component}.text_model.{name}.lora_A.weight"] = a
-                    out[f"{component}.text_model.{name}.lora_B.weight"] = b
-                else:
-                    key = f"lora_{prefix}_text_model_" + name.replace(".", "_")
-                    out[f"{key}.lora_down.weight"] = a
-                    out[f"{key}.lora_up.weight"] = b
-                    out[f"{key}.alpha"] = torch.tensor(float(spec.text_encoder_rank))
-    return {k: v.contiguous() for k, v in out.items()}
+def _factors(peft_state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{module path: (A, B)}`` from PEFT's ``get_peft_model_state_dict`` output."""
+    out = {}
+    for key, a in peft_state.items():
+        if key.endswith(".lora_A.weight"):
+            name = key.removesuffix(".lora_A.weight")
+            out[name] = (a.detach().float().contiguous(), peft_state[f"{name}.lora_B.weight"].detach().float().contiguous())
+    return out
+
+
+def save_demo_lora(pipe, spec: DemoLora, unet_state: dict, text_encoder_states: list[dict], folder: Path) -> Path:
+    """Write a trained LoRA as ``spec.key_format`` says; returns the file.
+
+    ``unet_state`` and ``text_encoder_states`` are PEFT's ``get_peft_model_state_dict`` of the UNet and of
+    the two text encoders (empty list for a UNet-only LoRA), trained with ``lora_alpha = r`` (scale 1).
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    unet = _factors(unet_state)
+    # Text-encoder paths always carry ``text_model.`` in files, as the original CLIP's did (transformers 5's
+    # CLIPTextModel dropped that level; CLIPTextModelWithProjection kept it).
+    encoders = [{f"text_model.{k.removeprefix('text_model.')}": v for k, v in _factors(st).items()}
+                for st in text_encoder_states]  # fmt: skip
+    if spec.key_format == "peft":
+        def layers(factors, prefix=""):
+            return {f"{prefix}{n}.lora_{x}.weight": t for n, (a, b) in factors.items() for x, t in (("A", a), ("B", b))}
+
+        # diffusers' own writer, so the file is exactly what its training scripts produce.
+        pipe.save_lora_weights(
+            folder,
+            unet_lora_layers=layers(unet),
+            text_encoder_lora_layers=layers(encoders[0]) if encoders else None,
+            text_encoder_2_lora_layers=layers(encoders[1]) if encoders else None,
+            weight_name=spec.weight_name,
+        )
+        return folder / spec.weight_name
+    state: dict[str, torch.Tensor] = {}
+    for name, (a, b) in sorted(unet.items()):
+        # kohya files get alpha = rank / 2 (scale 0.5, B doubled to match), to exercise diffusers' alpha handling.
+        state.update(unet_lora_entries(name, a, b * 2, "kohya", alpha=spec.rank / 2))
+    for prefix, factors in zip(("te1", "te2"), encoders):
+        for name, (a, b) in sorted(factors.items()):
+            key = f"lora_{prefix}_" + name.replace(".", "_")
+            state.update({f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b,
+                          f"{key}.alpha": torch.tensor(float(spec.text_encoder_rank))})  # fmt: skip
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / spec.weight_name),
+              metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"})  # fmt: skip
+    return folder / spec.weight_name
 
 
 def _card(spec: DemoLora, thumbnail: str) -> str:
@@ -315,14 +353,16 @@ def _card(spec: DemoLora, thumbnail: str) -> str:
         "tags": ["text-to-image", "stable-diffusion-xl", "lora", "diffusers", "template:sd-lora"],
         "base_model": DEMO_BASE_MODEL_ID,
         "instance_prompt": spec.trigger_words,
-        "widget": [{"text": f"{spec.trigger_words}, a red circle", "output": {"url": thumbnail}}],
+        "widget": [{"text": f"{spec.trigger_words}, {THUMBNAIL_SCENES[0]}", "output": {"url": thumbnail}}],
     }
     return (
         "---\n"
         + yaml.safe_dump(front, sort_keys=False)
         + "---\n\n"
-        + f"# {spec.title}\n\nA demo LoRA for the built-in tiny SDXL model ({spec.key_format} keys, rank {spec.rank}).\n"
-        + f"Use `{spec.trigger_words}` in the prompt.\n"
+        + f"# {spec.title}\n\n{spec.description}\n\n"
+        + f"A LoRA for the built-in tiny SDXL demo model ({spec.key_format} keys, rank {spec.rank}), trained on "
+        + "synthetic scenes by `scripts/train_demo_model.py`.\n"
+        + f"Use `{spec.trigger_words}` in the prompt, e.g. `{spec.trigger_words}, {THUMBNAIL_SCENES[1]}`.\n"
     )
 
 
@@ -330,13 +370,15 @@ def _base_card() -> str:
     return (
         "---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n"
         "tags:\n- text-to-image\n- stable-diffusion-xl\n---\n\n# Tiny SDXL (demo)\n\n"
-        "A tiny, randomly initialised model with SDXL's architecture, for offline demos and tests.\n"
+        "A tiny model with SDXL's architecture, trained on synthetic scenes to draw "
+        "\"a {colour} {shape} on a {background} background\" (red, green, blue, yellow; circle, square, "
+        "triangle; white, black) at 64 px, for offline demos and tests.\n"
     )
 
 
 @dataclass(frozen=True)
 class DemoAssets:
-    """Where the built demo model and its LoRAs are.
+    """Where the demo model and its LoRAs are laid out.
 
     Args:
         root (`Path`): the cache folder holding everything.
@@ -359,15 +401,19 @@ def default_demo_root() -> Path:
 
 
 def ensure_demo_assets(root: Path | None = None) -> DemoAssets:
-    """Build the demo model and LoRAs into ``root`` unless they are already there; return their paths.
+    """Lay out the shipped demo model and LoRAs in ``root`` unless they are already there; return their paths.
 
-    The build goes into a temporary sibling folder that is renamed into place at the end, so a crash
+    The layout goes into a temporary sibling folder that is renamed into place at the end, so a crash
     never leaves a half-written model behind, and concurrent builders do not corrupt each other.
     """
     root = Path(root) if root is not None else default_demo_root()
     assets = DemoAssets(root=root, model_dir=root / "model", loras_dir=root / "loras")
     if (root / "COMPLETE").exists():
         return assets
+    if not (DEMO_WEIGHTS_DIR / "model" / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"the demo model's weights are missing from {DEMO_WEIGHTS_DIR}; run scripts/train_demo_model.py"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
@@ -386,50 +432,46 @@ def ensure_demo_assets(root: Path | None = None) -> DemoAssets:
 
 
 def _build_into(folder: Path) -> None:
-    from safetensors.torch import save_file
+    from diffusers import StableDiffusionXLPipeline
 
-    logger.info("building the demo model into %s", folder)
-    pipe = build_demo_pipeline()
-    pipe.save_pretrained(folder / "model", safe_serialization=True)
+    logger.info("laying out the demo model in %s", folder)
+    shutil.copytree(DEMO_WEIGHTS_DIR / "model", folder / "model")
     (folder / "model" / "README.md").write_text(_base_card(), encoding="utf-8")
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder / "model")
+    pipe.set_progress_bar_config(disable=True)
     for spec in DEMO_LORAS:
         lora_dir = folder / "loras" / spec.repo_id
         lora_dir.mkdir(parents=True)
-        state = _lora_state_dict(pipe, spec)
-        if spec.key_format == "peft":
-            unet_layers = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-            te1 = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
-            te2 = {
-                k.removeprefix("text_encoder_2."): v for k, v in state.items() if k.startswith("text_encoder_2.")
-            }
-            # diffusers' own writer, so the file is exactly what its training scripts produce.
-            pipe.save_lora_weights(
-                lora_dir,
-                unet_lora_layers=unet_layers,
-                text_encoder_lora_layers=te1 or None,
-                text_encoder_2_lora_layers=te2 or None,
-                weight_name=spec.weight_name,
-            )
-        else:
-            save_file(state, str(lora_dir / spec.weight_name), metadata={"ss_network_module": "networks.lora"})
-        _render_thumbnail(pipe, lora_dir / spec.weight_name, spec, lora_dir / "thumbnail.png")
+        shutil.copyfile(DEMO_WEIGHTS_DIR / "loras" / spec.repo_id / spec.weight_name, lora_dir / spec.weight_name)
+        render_sheet(pipe, THUMBNAIL_SCENES, spec=spec, folder=lora_dir).save(lora_dir / "thumbnail.png")
         (lora_dir / "README.md").write_text(_card(spec, "thumbnail.png"), encoding="utf-8")
 
 
-def _render_thumbnail(pipe, weights: Path, spec: DemoLora, out: Path) -> None:
-    """A thumbnail made from the LoRA's own output (diffusers' loader; this is not the serving path)."""
+def render_sheet(pipe, captions, spec: DemoLora | None = None, folder: Path | None = None, scale: float = 1.0,
+                 steps: int = 20, columns: int = 2, seed: int = 0):  # fmt: skip
+    """Draw ``captions`` (with ``spec``'s trigger words and LoRA from ``folder``) into one sheet of 64 px tiles.
+
+    Used for thumbnails and README pictures, through diffusers' own loader: this is not the serving path.
+    """
     from PIL import Image
 
-    pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name="thumb")
+    prompts = [f"{spec.trigger_words}, {c}" if spec else c for c in captions]
+    if spec is not None:
+        pipe.load_lora_weights(str(folder), weight_name=spec.weight_name, adapter_name="sheet")
+        pipe.set_adapters("sheet", scale)
     try:
-        image = pipe(
-            prompt=f"{spec.trigger_words}, a red circle",
-            num_inference_steps=4,
-            guidance_scale=5.0,
+        images = pipe(
+            prompt=prompts,
+            num_inference_steps=steps,
             width=DEMO_RESOLUTION,
             height=DEMO_RESOLUTION,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
+            generator=[torch.Generator().manual_seed(seed + i) for i in range(len(prompts))],
+        ).images
     finally:
-        pipe.unload_lora_weights()
-    image.resize((128, 128), Image.NEAREST).save(out)
+        if spec is not None:
+            pipe.unload_lora_weights()
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (DEMO_RESOLUTION * columns, DEMO_RESOLUTION * rows))
+    for i, image in enumerate(images):
+        sheet.paste(image, (DEMO_RESOLUTION * (i % columns), DEMO_RESOLUTION * (i // columns)))
+    return sheet

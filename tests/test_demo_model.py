@@ -1,4 +1,5 @@
-"""The built-in demo model is a real, deterministic SDXL pipeline, and its LoRAs are real LoRA files."""
+"""The built-in demo model is a real, deterministic SDXL pipeline with shipped trained weights, and its LoRAs
+are real LoRA files. Whether it draws what it is asked is ``test_demo_judge.py``'s business."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from lora_engine.torch_demo import DEMO_BASE_MODEL_ID, DEMO_LORAS, build_demo_pipeline, ensure_demo_assets
+from lora_engine.torch_demo import (
+    DEMO_BASE_MODEL_ID,
+    DEMO_LORAS,
+    DEMO_WEIGHTS_DIR,
+    build_demo_pipeline,
+    ensure_demo_assets,
+)
 from lora_engine.torch_swap import weights_digest
 from tests.support.loras import read_tensors
 
@@ -43,8 +50,24 @@ def test_it_is_sdxl_architecture(pipe):
     assert pipe.tokenizer.model_max_length == 77
 
 
-def test_building_twice_gives_the_same_weights(pipe):
-    assert weights_digest(build_demo_pipeline()) == weights_digest(pipe)
+def test_the_shipped_weights_are_trained_small_and_loaded_as_shipped(pipe):
+    from diffusers import StableDiffusionXLPipeline
+
+    shipped = StableDiffusionXLPipeline.from_pretrained(DEMO_WEIGHTS_DIR / "model")
+    assert weights_digest(shipped) == weights_digest(pipe)
+    untrained = build_demo_pipeline()
+    def arch(config):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if not k.startswith("_")}
+
+    assert arch(untrained.unet.config) == arch(pipe.unet.config)
+    for part in ("unet", "vae"):
+        assert not torch.equal(getattr(untrained, part).conv_in.weight, getattr(pipe, part).conv_in.weight), part
+    # The text encoders stay as built (frozen during training).
+    encoders = ("text_encoder", "text_encoder_2")
+    assert weights_digest(untrained, encoders) == weights_digest(pipe, encoders)
+    assert pipe.vae.config.scaling_factor != 0.13025  # set from the trained latents
+    total = sum(f.stat().st_size for f in DEMO_WEIGHTS_DIR.rglob("*") if f.is_file())
+    assert total < 50 * 2**20, total
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(pipe):
@@ -87,4 +110,32 @@ def test_the_demo_model_loads_from_the_loopback_hub_by_repo_id(demo_assets, hub_
 
     shutil.copytree(demo_assets.model_dir, hub_root / DEMO_BASE_MODEL_ID, dirs_exist_ok=True)
     pipe = StableDiffusionXLPipeline.from_pretrained(DEMO_BASE_MODEL_ID)
-    assert weights_digest(pipe) == weights_digest(build_demo_pipeline())
+    assert weights_digest(pipe) == weights_digest(StableDiffusionXLPipeline.from_pretrained(demo_assets.model_dir))
+
+
+def test_sgm_names_of_resnet_and_transformer_layers_follow_sdxl():
+    from lora_engine.torch_demo import _sgm_unet_name
+
+    assert _sgm_unet_name("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") == (
+        "input_blocks_4_1_transformer_blocks_0_attn1_to_q")
+    assert _sgm_unet_name("down_blocks.0.resnets.1.time_emb_proj") == "input_blocks_2_0_emb_layers_1"
+    assert _sgm_unet_name("up_blocks.2.resnets.2.time_emb_proj") == "output_blocks_8_0_emb_layers_1"
+    assert _sgm_unet_name("mid_block.resnets.1.time_emb_proj") == "middle_block_2_emb_layers_1"
+    assert _sgm_unet_name("mid_block.attentions.0.proj_in") == "middle_block_1_proj_in"
+    with pytest.raises(ValueError, match="conv1"):
+        _sgm_unet_name("down_blocks.0.resnets.0.conv1")
+
+
+@pytest.mark.parametrize("spec", [s for s in DEMO_LORAS if s.key_format == "kohya"], ids=lambda s: s.repo_id)
+def test_kohya_files_cover_every_layer_of_the_peft_training(spec, demo_assets, load_demo_pipeline):
+    """Every adapted UNet layer (transformer linears and ResNet time projections) reaches diffusers."""
+    from lora_engine.torch_demo import UNET_LORA_TARGETS
+
+    pipe = load_demo_pipeline()
+    folder = demo_assets.lora_dir(spec.repo_id)
+    expected = {n for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(UNET_LORA_TARGETS)}
+    keys = read_tensors(folder / spec.weight_name)
+    assert sum(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys) == len(expected)
+    pipe.load_lora_weights(str(folder), weight_name=spec.weight_name, adapter_name="k")
+    loaded = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "k" in m.lora_A}
+    assert loaded == expected

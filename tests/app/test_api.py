@@ -33,7 +33,7 @@ def test_generate_endpoint_signature(client):
     params = [(p["parameter_name"], p["parameter_has_default"], p.get("parameter_default")) for p in api["/generate"]["parameters"]]
     assert params == [
         ("prompt", False, None), ("negative_prompt", True, ""), ("lora", True, ""), ("lora_scale", True, 1.0),
-        ("num_inference_steps", True, 8), ("guidance_scale", True, 5.0), ("width", True, 64), ("height", True, 64),
+        ("num_inference_steps", True, 12), ("guidance_scale", True, 5.0), ("width", True, 64), ("height", True, 64),
         ("seed", True, -1),
     ]  # fmt: skip
     assert [p["parameter_name"] for p in api["/catalogue"]["parameters"]] == ["query", "sort", "limit", "offset"]
@@ -52,10 +52,10 @@ def test_same_seed_same_pixels_whatever_ran_between(client):
         path, _ = client.predict(prompt="a blue square", seed=42, num_inference_steps=2, api_name="/generate", **kw)
         return np.asarray(Image.open(path))
 
-    first = run(lora="demo/neon-glow")
+    first = run(lora="demo/stripes")
     run(lora="demo/inverted", lora_scale=1.7)
     run()
-    assert np.array_equal(first, run(lora="demo/neon-glow"))
+    assert np.array_equal(first, run(lora="demo/stripes"))
 
 
 def test_any_hub_lora_for_the_same_base(client, served_app):
@@ -84,7 +84,7 @@ def test_generate_errors_reach_the_client(client, kwargs, message):
 def test_catalogue_endpoint(client):
     everything = client.predict(api_name="/catalogue")
     ids = [e["repo_id"] for e in everything]
-    assert {"demo/neon-glow", "demo/ink-sketch", "demo/pixel-blocks", "demo/inverted", HUB_LORA} <= set(ids)
+    assert {"demo/stripes", "demo/ink-sketch", "demo/pixel-blocks", "demo/inverted", HUB_LORA} <= set(ids)
     for e in everything:
         assert set(e) == {"repo_id", "title", "trigger_words", "thumbnail", "downloads", "likes", "weight_name"}
     assert ids[0] == HUB_LORA  # the only one with downloads, sorted by downloads
@@ -98,17 +98,17 @@ def test_catalogue_endpoint(client):
 
 
 def test_thumbnail_urls_are_served(client, served_app):
-    entry = client.predict(query="neon", api_name="/catalogue")[0]
+    entry = client.predict(query="striped", api_name="/catalogue")[0]
     response = httpx.get(served_app.url + entry["thumbnail"])
     assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
 
 
 def test_post_root_text_to_image(served_app):
     r = httpx.post(served_app.url + "/", json={"inputs": "a cat", "parameters": {"seed": 3, "num_inference_steps": 1}},
-                   headers={"lora": "demo/neon-glow"}, timeout=60)  # fmt: skip
+                   headers={"lora": "demo/stripes"}, timeout=60)  # fmt: skip
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (64, 64)
-    assert r.headers["x-lora"] == "demo/neon-glow" and r.headers["x-seed"] == "3"
+    assert r.headers["x-lora"] == "demo/stripes" and r.headers["x-seed"] == "3"
     assert json.loads(r.headers["x-timings"])["inference_s"] > 0
 
 

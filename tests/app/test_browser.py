@@ -54,7 +54,7 @@ def test_search_select_generate(browser, served_app):
     page.locator("#selected").get_by_text("Trigger words").wait_for()
 
     assert prompt.input_value() == "ink sketch, "
-    prompt.fill(prompt.input_value() + "a red circle")
+    prompt.fill(prompt.input_value() + "a red circle on a white background")
     assert prompt.input_value().count("ink sketch") == 1
     page.locator("#catalogue img").first.click()  # selecting again never doubles the trigger words
     page.wait_for_timeout(500)

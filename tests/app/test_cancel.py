@@ -46,7 +46,7 @@ def test_gradio_cancel_drops_the_waiting_request(served_app):
     dispatched = engine.status().scheduler["dispatched"]  # the app is shared: earlier tests ran requests
     busy = other.submit(prompt="a cat", num_inference_steps=100, width=256, height=256, seed=3, api_name="/generate")
     assert wait_until(lambda: engine.status().queue_depth == 0 and engine.status().scheduler["dispatched"] > dispatched)
-    waiting = client.submit(prompt="a dog", lora="demo/neon-glow", num_inference_steps=2, seed=4, api_name="/generate")
+    waiting = client.submit(prompt="a dog", lora="demo/stripes", num_inference_steps=2, seed=4, api_name="/generate")
     assert wait_until(lambda: engine.status().queue_depth == 1), "the second request never reached the engine"
     time.sleep(1.0)  # the handler has yielded at least once: Gradio now holds its iterator
     waiting.cancel()

@@ -47,18 +47,18 @@ def zero_gpu_app(demo_assets, tmp_path_factory):
 def test_requests_run_inside_the_gpu_call_and_leave_the_base(zero_gpu_app, served_app):
     served, gpu = zero_gpu_app
     client = Client(served.url + "/", verbose=False)
-    path, details = client.predict(prompt="a cat", lora="demo/neon-glow", seed=9, num_inference_steps=2,
+    path, details = client.predict(prompt="a cat", lora="demo/stripes", seed=9, num_inference_steps=2,
                                    api_name="/generate")  # fmt: skip
-    assert gpu.calls == 1 and details["lora"] == "demo/neon-glow"
+    assert gpu.calls == 1 and details["lora"] == "demo/stripes"
     assert served.engine.status().active_adapter == ""
     assert served.engine.current_digest() == served.engine.base_digest
 
     r = httpx.post(served.url + "/", json={"inputs": "a cat", "parameters": {"seed": 9, "num_inference_steps": 2}},
-                   headers={"lora": "demo/neon-glow"}, timeout=60)  # fmt: skip
+                   headers={"lora": "demo/stripes"}, timeout=60)  # fmt: skip
     assert r.status_code == 200 and gpu.calls == 2
 
     # Same pixels as the normal (worker-thread) path for the same request.
     normal, _ = Client(served_app.url + "/", verbose=False).predict(
-        prompt="a cat", lora="demo/neon-glow", seed=9, num_inference_steps=2, api_name="/generate"
+        prompt="a cat", lora="demo/stripes", seed=9, num_inference_steps=2, api_name="/generate"
     )
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(normal)))

@@ -179,7 +179,7 @@ def test_local_adapters_are_resolved_from_stats_and_a_rewritten_file_is_a_new_ke
     from lora_engine.hub_fetch import AdapterFetcher
     from lora_engine.torch_demo import DEMO_BASE_MODEL_ID
 
-    shutil.copytree(demo_assets.lora_dir("demo/neon-glow"), tmp_path / "me" / "glow")
+    shutil.copytree(demo_assets.lora_dir("demo/stripes"), tmp_path / "me" / "glow")
     fetcher = AdapterFetcher(accepted_base_models=(DEMO_BASE_MODEL_ID,), local_dirs=(tmp_path,))
     first = fetcher.fetch("me/glow")
     assert first.origin == "local" and first.key.revision.startswith("local-")
