@@ -33,7 +33,8 @@ Decisions, and why:
   so a retry draws the same image.
 - **A replica that dies mid-request is retried on another** (``retries``, default 2; Ray's ``ActorDiedError``
   and ``ActorUnavailableError`` only, never a typed refusal), then fails clearly
-  (:class:`~lora_engine.errors.ReplicaUnavailable`, HTTP 502). Serve restarts the replica meanwhile.
+  (:class:`~lora_engine.errors.ReplicaUnavailable`, HTTP 502). Serve restarts the replica meanwhile. A
+  request accepted once is never refused for a full queue on its retry: it waits for room (up to 60 s).
 - **The bounded queue:** a replica takes ``max_ongoing_requests`` at once, all of them into its engine's
   queue (``max_queue`` raised to at least that), where they are grouped by adapter; at most
   ``max_queued_requests`` more wait in the ingress for a free replica; one more is refused at once: Serve's
@@ -99,6 +100,8 @@ FORWARDED_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_O
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Seconds between retries of a request whose replica died, times the attempt number.
 _RETRY_BACKOFF_S = 0.5
+# How long such a request waits for room on another replica (it is never refused with QueueFull).
+_RETRY_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,15 @@ class LoraEngineDeployment:
         self.replica = ray.get_runtime_context().get_actor_name() or f"pid-{os.getpid()}"
         self.deployment = serve.get_replica_context().deployment
         self._held: set[str] = set()  # what Serve's multiplexer holds now
+        self._held_lock = threading.Lock()  # Serve unloads on an executor thread
         self._resyncs = 0
         self._loads = 0
 
         async def load_adapter(adapter_id: str) -> _ResidentAdapter:
             await asyncio.to_thread(self.engine.preload, adapter_id)
             self._loads += 1
-            self._held.add(adapter_id)
+            with self._held_lock:
+                self._held.add(adapter_id)
             return _ResidentAdapter(adapter_id, self._release)
 
         # Wired here rather than with a decorator on a method so that the cap comes from the configuration.
@@ -188,7 +193,8 @@ class LoraEngineDeployment:
 
     def _release(self, adapter_id: str) -> None:
         # Serve unloaded the adapter: the engine drops it too (its RAM and device tiers).
-        self._held.discard(adapter_id)
+        with self._held_lock:
+            self._held.discard(adapter_id)
         self.engine.evict(adapter_id)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -222,7 +228,7 @@ class LoraEngineDeployment:
             "swaps": self._swaps(),
             "requests_ok": self.engine.metrics.registry.get_sample_value("lora_engine_requests_total",
                                                                          {"outcome": "ok"}) or 0.0,  # fmt: skip
-            "multiplexed_adapters": sorted(self._held),
+            "multiplexed_adapters": self._held_now(),
             "resident_adapters": sorted(self.engine.resident_adapters()),
             "adapter_loads": self._loads,
             "resyncs": self._resyncs,
@@ -230,6 +236,10 @@ class LoraEngineDeployment:
             "active_adapter": status.active_adapter,
             "digest_ok": status.digest_ok,
         }
+
+    def _held_now(self) -> list[str]:
+        with self._held_lock:
+            return sorted(self._held)
 
     def check_health(self) -> None:
         # Serve replaces a replica whose health check fails: one whose base weights no longer match their
@@ -330,9 +340,9 @@ class LoraIngress:
         handle = self._engines[name]
         if multiplexed and request.lora != BASE_ADAPTER:
             handle = handle.options(multiplexed_model_id=request.lora)
-        attempt = 0
+        deaths = 0  # replicas that died running this request
+        wait_until = 0.0
         while True:
-            attempt += 1
             response = handle.generate.remote(request)
             try:
                 result = await response
@@ -340,20 +350,31 @@ class LoraIngress:
                 response.cancel()
                 raise
             except BackPressureError:
-                raise QueueFull(self._queue_limits[name]) from None
+                if deaths == 0:
+                    raise QueueFull(self._queue_limits[name]) from None
+                # Accepted once already: it waits for room rather than being refused now.
+                if time.monotonic() > wait_until:
+                    raise ReplicaUnavailable(
+                        f"the replica of {name} running this request died, and no other had room for it within "
+                        f"{_RETRY_WAIT_S:.0f} s; try again in a moment"
+                    ) from None
+                await asyncio.sleep(_RETRY_BACKOFF_S)
+                continue
             except RayTaskError as e:
                 raise _typed(e) from None
             except RayActorError as e:
-                if attempt > self._retries:
+                deaths += 1
+                if deaths > self._retries:
                     raise ReplicaUnavailable(
                         f"the replica of {name} running this request died, and so did {self._retries} retries "
                         f"({type(e).__name__}); try again in a moment"
                     ) from None
                 logger.warning("a replica of %s died running a request (%s); retry %d of %d", name,
-                               type(e).__name__, attempt, self._retries)  # fmt: skip
-                await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                               type(e).__name__, deaths, self._retries)  # fmt: skip
+                wait_until = time.monotonic() + _RETRY_WAIT_S
+                await asyncio.sleep(_RETRY_BACKOFF_S * deaths)
                 continue
-            return replace(result, details={**result.details, "attempts": attempt})
+            return replace(result, details={**result.details, "attempts": deaths + 1})
 
     async def check_adapter(self, adapter_id: str):
         """The adapter's ``AdapterKey`` as the deployment for its base model resolves it (None for the base)."""
@@ -416,6 +437,10 @@ def _engine_deployment(name: str, spec: DeploymentSpec, env: dict):
     gpus = spec.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if not gpus:
+        # Ray leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs; hide them, so that the engine's
+        # device="auto" does not take a GPU Ray did not give this replica.
+        env = {**env, "env_vars": {**env["env_vars"], "CUDA_VISIBLE_DEVICES": ""}}
     return serve.deployment(LoraEngineDeployment).options(
         name=name, num_replicas=spec.replicas, max_ongoing_requests=spec.max_ongoing_requests,
         max_queued_requests=spec.queue_limit,

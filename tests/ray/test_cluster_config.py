@@ -131,3 +131,16 @@ def test_deployment_spec_rules():
         DeploymentSpec(name="bad name!")
     assert DeploymentSpec(engine=EngineConfig(base_model_id="stabilityai/sdxl base")).deployment_name(3) == (
         "engine-stabilityai-sdxl-base")
+
+
+def test_deployment_options_follow_the_spec_and_hide_gpus_from_cpu_replicas():
+    from lora_engine.ray_serving import _engine_deployment
+
+    cpu = _engine_deployment("x", DeploymentSpec(gpus_per_replica=0, replicas=3, cpus_per_replica=0.5,
+                                                 max_ongoing_requests=5, max_queued_requests=7), {"env_vars": {}})  # fmt: skip
+    assert (cpu.num_replicas, cpu.max_ongoing_requests, cpu.max_queued_requests) == (3, 5, 7)
+    assert cpu.ray_actor_options["num_cpus"] == 0.5 and cpu.ray_actor_options["num_gpus"] == 0
+    assert cpu.ray_actor_options["runtime_env"]["env_vars"] == {"CUDA_VISIBLE_DEVICES": ""}
+    gpu = _engine_deployment("y", DeploymentSpec(gpus_per_replica=0.5), {"env_vars": {"HF_HOME": "/h"}})
+    assert gpu.ray_actor_options["num_gpus"] == 0.5
+    assert gpu.ray_actor_options["runtime_env"]["env_vars"] == {"HF_HOME": "/h"}
