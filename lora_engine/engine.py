@@ -547,6 +547,9 @@ class Engine:
             key, tier = self._ensure_in_ram(adapter_id, force=True)
             with self._cache_lock:
                 parsed = self._ram.get(key)
+        if parsed is None:
+            # Larger than the whole RAM tier: the LRU keeps nothing of it, so parse it for this swap alone.
+            parsed = self._parse(adapter_id, self.fetcher.fetch(adapter_id).path)
         prepared = self.backend.prepare(parsed)
         with self._cache_lock:
             for _ in self._device.put(key, prepared, prepared.nbytes):
@@ -589,9 +592,13 @@ class Engine:
                     self._inflight.pop(adapter_id, None)
                 inflight.done.set()
 
-    def _load_into_ram(self, adapter_id: str, force: bool) -> tuple[AdapterKey, str]:
+    def _parse(self, adapter_id: str, path):
         from .torch_adapters import load_adapter_file, parse_lora_state_dict
 
+        tensors, metadata = load_adapter_file(adapter_id, path, max_bytes=self.config.max_adapter_bytes)
+        return parse_lora_state_dict(adapter_id, tensors, metadata, self.backend.index)
+
+    def _load_into_ram(self, adapter_id: str, force: bool) -> tuple[AdapterKey, str]:
         t0 = time.monotonic()
         known = None if force else self.fetcher.known_key(adapter_id)
         with self._cache_lock:
@@ -605,8 +612,7 @@ class Engine:
             if not force and source.key in self._ram:
                 return source.key, "ram"
         try:
-            tensors, metadata = load_adapter_file(adapter_id, source.path, max_bytes=self.config.max_adapter_bytes)
-            parsed = parse_lora_state_dict(adapter_id, tensors, metadata, self.backend.index)
+            parsed = self._parse(adapter_id, source.path)
         except AdapterError as e:
             with self._cache_lock:
                 self._refused[source.key] = e

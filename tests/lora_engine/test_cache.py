@@ -63,17 +63,31 @@ def tier_repos(hub_root, demo_assets):
     return ids
 
 
+def test_an_adapter_larger_than_the_whole_ram_tier_is_still_served(load_demo_pipeline, tier_repos, tmp_path, fake_hub):
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
+        ram_cache_bytes=100_000, device_cache_bytes=0, prefetch=False,
+    )  # fmt: skip
+    try:
+        first = engine.generate(fast(lora=tier_repos[0]))
+        assert first.lora == tier_repos[0] and engine.status().ram_cache["bytes"] == 0
+        again = engine.generate(fast(lora=tier_repos[1]))  # and a swap to another one works too
+        assert again.lora == tier_repos[1]
+    finally:
+        engine.close()
+
+
 def test_tiers_hub_then_ram_then_disk_with_no_second_get(load_demo_pipeline, tier_repos, tmp_path, fake_hub):
     """A small RAM budget forces evictions; an evicted adapter comes back from disk, never the network."""
     engine = Engine.from_pipeline(
         load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
-        ram_cache_bytes=1_300_000, device_cache_bytes=0, prefetch=False,
+        ram_cache_bytes=3_000_000, device_cache_bytes=0, prefetch=False,
     )  # fmt: skip
     try:
         tiers = [engine.generate(fast(lora=r)).cache_tier for r in tier_repos]
         assert tiers == ["hub"] * len(tier_repos)
         status = engine.status()
-        assert status.ram_cache["bytes"] <= 1_300_000 and status.ram_cache["evictions"] > 0
+        assert status.ram_cache["bytes"] <= 3_000_000 and status.ram_cache["evictions"] > 0
         assert status.device_cache["bytes"] == 0  # tier off: the RAM tier alone must serve
 
         last = engine.generate(fast(lora=tier_repos[-1]))
