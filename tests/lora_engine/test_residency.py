@@ -26,7 +26,7 @@ def test_preload_parses_into_ram_without_touching_the_weights(demo_engine):
     swaps = _swaps(demo_engine)
     key = demo_engine.preload(adapter)
     assert key.repo_id == adapter and adapter in demo_engine.resident_adapters()
-    assert _swaps(demo_engine) == swaps and demo_engine.status().active_adapter in ("", *demo_engine.resident_adapters())
+    assert _swaps(demo_engine) == swaps  # nothing written into the weights
     assert demo_engine.preload(adapter) == key  # idempotent
     result = demo_engine.generate(fast(lora=adapter))
     assert result.cache_tier == "ram"

@@ -41,8 +41,8 @@ def test_python_app_py_ray_serves_and_stops(demo_assets, tmp_path):
                 pass
             time.sleep(1.0)
         lora = DEMO_LORAS[2].repo_id
-        answer = httpx.post(url + "/", json={"inputs": "a red circle", "parameters": {"seed": 3, "num_inference_steps": 1}},
-                            headers={"lora": lora}, timeout=120)  # fmt: skip
+        body = {"inputs": "a red circle", "parameters": {"seed": 3, "num_inference_steps": 1}}
+        answer = httpx.post(url + "/", json=body, headers={"lora": lora}, timeout=120)
         assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", answer.text[:300]
         assert answer.headers["x-lora"] == lora and answer.headers["x-seed"] == "3"
         assert "lora_cluster_requests_total" in httpx.get(url + "/metrics", timeout=30).text
