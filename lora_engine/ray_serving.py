@@ -93,10 +93,12 @@ __all__ = [
 ]
 
 #: The environment a replica needs from the driver's: huggingface_hub's own variables (the Hub, its cache, the
-#: token), and where the demo model is laid out. Passed with each deployment's runtime_env, since on a cluster
-#: the replicas' processes do not inherit the driver's environment.
+#: token), where the demo model is laid out, and how long Serve's router in the ingress waits for a replica holding
+#: a request's adapter before sending it to any (affinity against balance; Serve's default is 1 s). Passed with
+#: each deployment's runtime_env, since on a cluster the replicas' processes do not inherit the driver's environment.
 FORWARDED_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
-                 "HF_HUB_DISABLE_PROGRESS_BARS", "XDG_CACHE_HOME")  # fmt: skip
+                 "HF_HUB_DISABLE_PROGRESS_BARS", "XDG_CACHE_HOME",
+                 "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S")  # fmt: skip
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Seconds between retries of a request whose replica died, times the attempt number.
 _RETRY_BACKOFF_S = 0.5

@@ -117,10 +117,11 @@ def test_replicas_get_the_hub_environment_and_this_checkout():
     import lora_engine
     from lora_engine.ray_serving import runtime_env
 
-    environ = {"HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c", "HOME": "/root"}
+    environ = {"HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c", "HOME": "/root",
+               "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": "5"}  # fmt: skip
     env = runtime_env(ClusterConfig(), environ)
-    assert {k: env["env_vars"][k] for k in ("HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME")} == {
-        "HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c"}  # fmt: skip
+    forwarded = ("HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME", "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S")
+    assert {k: env["env_vars"][k] for k in forwarded} == {k: environ[k] for k in forwarded}
     assert "HOME" not in env["env_vars"] and "py_modules" not in env
     assert env["env_vars"]["PYTHONPATH"] == str(Path(lora_engine.__file__).resolve().parents[1])
     shipped = runtime_env(ClusterConfig(address="ray://head:10001"), environ)
