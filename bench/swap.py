@@ -15,7 +15,7 @@ so every ratio compares numbers taken on the same machine under the same load:
 Not for: inference speed, or anything that needs real SDXL weights (the numbers depend on shapes only).
 
 Usage: ``python bench/swap.py [--quick] [--demo-only] [--device auto|cpu|cuda] [--dtype auto|float32|float16|bfloat16]
-[--out bench/out/swap.json]``. The JSON goes to stdout and to ``--out``; progress goes to stderr.
+[--swap-kernel auto|torch] [--out bench/out/swap.json]``. The JSON goes to stdout and to ``--out``; progress goes to stderr.
 See ``bench/README.md`` for what each number means.
 """
 
@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict  # noqa: E402
 from lora_engine.torch_backend import _own_weights, _usual_target  # noqa: E402
+from lora_engine.torch_cpu_kernel import AmxAddmm, load_amx_addmm  # noqa: E402
 from lora_engine.torch_swap import Swapper  # noqa: E402
 
 #: ``stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`` (written from the published config; the
@@ -314,7 +315,8 @@ def _median_steps(cycles: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- full size
 
 
-def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Timer, tmp: Path) -> dict:
+def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Timer, tmp: Path,
+               kernel: AmxAddmm | None) -> dict:  # fmt: skip
     # --quick: fewer repetitions; the diffusers cycle on rank 8 only; no separate named-adapter drift loop (the
     # cycles' own drift is still counted); no from_pretrained section (the in-memory first swap stands in).
     reps_warm = 3 if quick else 9
@@ -362,7 +364,7 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     _log("adapters written")
     pipe = _host_pipeline(unet, dtype, device)
     index = LayerIndex.from_pipeline(pipe)
-    swapper = Swapper(pipe, index)
+    swapper = Swapper(pipe, index, kernel=kernel)
     touched = [("unet", n) for n in names]
     swapper.keep_originals(touched)
     live = [swapper._weights[k] for k in touched]
@@ -388,15 +390,24 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     rss_before = _rss()
     first_in_memory = timer(lambda: swapper.apply(adapters["r8_peft"], 1.0))
 
-    # ---- warm swaps vs the memcpy floor, interleaved round by round so load spikes hit both alike.
+    # ---- warm swaps vs the memcpy floor, interleaved round by round so load spikes hit both alike. With the
+    # one-pass kernel in use, each round also times a swap through torch.addmm (the fallback) for comparison.
     pairs = {8: ("r8_peft", "r8_kohya"), 32: ("r32_a", "r32_b")}
     warm: dict[int, list[float]] = {8: [], 32: []}
+    warm_torch: dict[int, list[float]] = {8: [], 32: []}
     floor: list[float] = []
     paired: dict[int, list[float]] = {8: [], 32: []}
+    in_use = swapper._kernel
     for i in range(reps_warm + 1):  # round 0 is the warm-up
         for rank, (a, b) in pairs.items():
             m = timer(memcpy)
             s = timer(lambda: swapper.apply(adapters[(b, a)[i % 2]], 1.0))
+            if in_use is not None:
+                swapper._kernel = None
+                t = timer(lambda: swapper.apply(adapters[(a, b)[i % 2]], 1.0))
+                swapper._kernel = in_use
+                if i:
+                    warm_torch[rank].append(t)
             if i:
                 floor.append(m)
                 warm[rank].append(s)
@@ -411,6 +422,10 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     # the median of per-round ratios is kept beside it.
     out["warm_vs_memcpy"] = {f"rank{r}": _r(_med(v) / _med(floor), 3) for r, v in warm.items()}
     out["warm_vs_memcpy_paired"] = {f"rank{r}": _r(_med(v), 3) for r, v in paired.items()}
+    out["swap_kernel"] = swapper.kernel_name
+    if in_use is not None:
+        out["warm_swap_torch_addmm_s"] = {f"rank{r}": _r(_med(v)) for r, v in warm_torch.items()}
+        out["torch_addmm_vs_memcpy"] = {f"rank{r}": _r(_med(v) / _med(floor), 3) for r, v in warm_torch.items()}
     out["first_swap_in_memory"] = {"first_s": _r(first_in_memory), "later_s": out["warm_swap_s"]["rank8"],
                                    "first_vs_later": _r(first_in_memory / _med(warm[8]), 3)}  # fmt: skip
     _log(f"warm {out['warm_swap_s']} memcpy {out['memcpy_s']} ratio {out['warm_vs_memcpy']}")
@@ -508,7 +523,7 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     _own_weights(host)
     fp["own_weights_s"] = _r(time.perf_counter() - t0)
     index2 = LayerIndex.from_pipeline(host)
-    swapper = Swapper(host, index2)
+    swapper = Swapper(host, index2, kernel=kernel)
     t0 = time.perf_counter()
     fp["kept"] = "every usual target (_usual_target), as DiffusersBackend does"
     swapper.keep_originals(k for k in index2.layers if _usual_target(*k))
@@ -547,7 +562,8 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
 # ---------------------------------------------------------------------------------------------- demo model
 
 
-def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, dtype: torch.dtype):
+def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, dtype: torch.dtype,
+                 kernel_choice: str):  # fmt: skip
     """The demo pipeline from its folder, after the engine's start-up (as ``DiffusersBackend`` does it), and its
     adapters parsed and ready: ``(pipe, index, swapper, adapters)``."""
     from diffusers import StableDiffusionXLPipeline
@@ -556,7 +572,7 @@ def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, 
     pipe.set_progress_bar_config(disable=True)
     _own_weights(pipe)
     index = LayerIndex.from_pipeline(pipe)
-    swapper = Swapper(pipe, index)
+    swapper = Swapper(pipe, index, kernel=_kernel(kernel_choice, device, dtype))
     swapper.keep_originals(k for k in index.layers if _usual_target(*k))
     adapters = [
         parse_lora_state_dict(rid, *load_adapter_file(rid, f, max_bytes=_MAX_FILE), index).to(device, dtype)
@@ -577,7 +593,7 @@ def _first_vs_later(swapper: Swapper, adapters: list, timer: _Timer) -> dict:
 
 
 def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path | None,
-               drift_swaps: int | None, drift_cycles: int | None) -> dict:  # fmt: skip
+               drift_swaps: int | None, drift_cycles: int | None, kernel_choice: str) -> dict:  # fmt: skip
     """The demo model: drift in all three dtypes (both methods), plus small-model timings for reference."""
     from lora_engine.torch_demo import DEMO_LORAS, ensure_demo_assets
 
@@ -589,7 +605,7 @@ def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path 
     rss: list[tuple[int, int]] = []
     first_swap: dict = {}
     for dname, dtype in _DTYPES.items():
-        pipe, index, swapper, adapters = _demo_loaded(assets.model_dir, files, device, dtype)
+        pipe, index, swapper, adapters = _demo_loaded(assets.model_dir, files, device, dtype, kernel_choice)
         modules = [(c, n) for (c, n) in index.layers]
         keys = sorted({(lay.component, lay.module) for a in adapters for lay in a.layers})
         first_swap[dname] = _first_vs_later(swapper, adapters, timer)
@@ -626,7 +642,8 @@ def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path 
         theirs = _compare(live(), [base[k] for k in keys])
         pipe.unload_lora_weights()
         out["drift"][dname] = {
-            "ours": {"swaps": n_ours, "adapters": len(adapters), **ours, "all_layers_elements": everything["elements"],
+            "ours": {"swaps": n_ours, "adapters": len(adapters), "swap_kernel": swapper.kernel_name, **ours,
+                     "all_layers_elements": everything["elements"],
                      "per_swap_ms": _r(1000 * ours_s / max(1, n_ours), 3)},
             "diffusers_fuse_unfuse": {"cycles": n_theirs, **theirs,
                                       "per_cycle_ms": _r(1000 * theirs_s / max(1, n_theirs), 3)},
@@ -648,6 +665,16 @@ def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path 
 # ---------------------------------------------------------------------------------------------- main
 
 
+def _cpu_flags() -> list[str]:
+    """The CPU features the swap kernels care about, as /proc/cpuinfo lists them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def _tmp_parent(explicit: str | None) -> str | None:
     """A RAM-backed folder when there is room: a 5 GB ``save_pretrained`` to a slow disk takes about a minute.
 
@@ -661,6 +688,13 @@ def _tmp_parent(explicit: str | None) -> str | None:
     if shm.is_dir() and os.access(shm, os.W_OK):
         if shutil.disk_usage(shm).free > need and psutil.virtual_memory().available > 3 * need:
             return str(shm)
+    return None
+
+
+def _kernel(choice: str, device: torch.device, dtype: torch.dtype) -> AmxAddmm | None:
+    """What the engine would use (``EngineConfig.swap_kernel``): the one-pass kernel for bf16 on the CPU."""
+    if choice == "auto" and device.type == "cpu" and dtype == torch.bfloat16:
+        return load_amx_addmm()
     return None
 
 
@@ -686,6 +720,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder for the 5 GB model folder (default: /dev/shm when it has room, else the temp dir)")
     parser.add_argument("--drift-swaps", type=int, default=None, help="demo drift: our swaps per dtype")
     parser.add_argument("--drift-cycles", type=int, default=None, help="demo drift: diffusers cycles per dtype")
+    parser.add_argument("--swap-kernel", default="auto", choices=["auto", "torch"],
+                        help="as LORA_ENGINE_SWAP_KERNEL: auto uses the one-pass AMX kernel for bf16 on a CPU with AMX")
     args = parser.parse_args(argv)
 
     import diffusers
@@ -745,16 +781,23 @@ def _run(args) -> dict:
             "load_avg_start": _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         },
     }
+    kernel = _kernel(args.swap_kernel, device, dtype)
+    result["machine"]["swap_kernel"] = {
+        "choice": args.swap_kernel,
+        "status": kernel.status.reason if kernel is not None else "not used for this device/dtype (torch.addmm)",
+        "cpu_flags": _cpu_flags(),
+    }
     demo_dir = Path(args.demo_dir) if args.demo_dir else None
     t0 = time.perf_counter()
-    result["demo"] = bench_demo(device, args.quick, timer, demo_dir, args.drift_swaps, args.drift_cycles)
+    result["demo"] = bench_demo(device, args.quick, timer, demo_dir, args.drift_swaps, args.drift_cycles,
+                                args.swap_kernel)  # fmt: skip
     result["demo"]["wall_s"] = _r(time.perf_counter() - t0, 1)
 
     full = None
     if not args.demo_only:
         with tempfile.TemporaryDirectory(prefix="bench-swap-", dir=_tmp_parent(args.tmp_dir)) as tmp:
             t0 = time.perf_counter()
-            full = bench_full(device, dtype, args.quick, timer, Path(tmp))
+            full = bench_full(device, dtype, args.quick, timer, Path(tmp), kernel)
             full["wall_s"] = _r(time.perf_counter() - t0, 1)
         result["full"] = full
 
@@ -779,6 +822,8 @@ def _run(args) -> dict:
     result["ratios"] = {
         "warm_vs_memcpy": None if full is None else full["warm_vs_memcpy"],
         "warm_vs_memcpy_paired": None if full is None else full["warm_vs_memcpy_paired"],
+        "swap_kernel": None if full is None else full["swap_kernel"],
+        "torch_addmm_vs_memcpy": None if full is None else full.get("torch_addmm_vs_memcpy"),
         "diffusers_cycle_vs_warm": None if full is None else full["diffusers_cycle_vs_warm"],
         "diffusers_cycle_vs_warm_paired": None if full is None else full["diffusers_cycle_vs_warm_paired"],
         "first_vs_later": first_vs_later,

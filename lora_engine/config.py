@@ -25,6 +25,7 @@ SDXL_BASE_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _ORIGINALS = ("auto", "same", "cpu")
+_SWAP_KERNELS = ("auto", "torch")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class EngineConfig:
     device_cache_bytes: int = 2 << 30
     # Where originals of touched layers live: "same" (beside the weights, fastest), "cpu" (pinned host), "auto".
     originals_device: str = "auto"
+    # "auto": bf16 CPU weights are written by a one-pass AMX kernel, built with the system C compiler on first
+    # use, when the CPU has AMX (else, and for every other case, torch.addmm); "torch": always torch.addmm.
+    swap_kernel: str = "auto"
     # Keep originals of every attention/text-encoder linear at start, so the first swap costs like later ones.
     eager_originals: bool = True
     # Check each return to the base model: every kept original equals its live layer (one read of those layers).
@@ -86,6 +90,10 @@ class EngineConfig:
             raise ConfigError(
                 f"LORA_ENGINE_ORIGINALS_DEVICE must be one of {', '.join(_ORIGINALS)} "
                 f"but is {self.originals_device!r}"
+            )
+        if self.swap_kernel not in _SWAP_KERNELS:
+            raise ConfigError(
+                f"LORA_ENGINE_SWAP_KERNEL must be one of {', '.join(_SWAP_KERNELS)} but is {self.swap_kernel!r}"
             )
         for name in ("max_queue", "max_adapter_bytes", "ram_cache_bytes", "max_steps", "max_prompt_chars"):
             if getattr(self, name) < 1:

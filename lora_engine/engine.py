@@ -197,8 +197,9 @@ class Engine:
             default_guidance=config.default_guidance, local_lora_dirs=tuple(config.local_lora_dirs),
         )  # fmt: skip
         backend = DiffusersBackend(
-            pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals
-        )
+            pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,
+            swap_kernel=config.swap_kernel,
+        )  # fmt: skip
         return cls._with_backend(backend, config)
 
     @classmethod

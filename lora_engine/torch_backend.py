@@ -82,9 +82,12 @@ class DiffusersBackend:
         info (`BackendInfo`): what it is.
         originals_device (`str`): ``"same"``, ``"cpu"`` or ``"auto"`` (see ``EngineConfig``).
         eager_originals (`bool`): keep originals of the usual LoRA targets now, not on first touch.
+        swap_kernel (`str`): ``"auto"`` (the one-pass AMX kernel for bf16 weights on CPUs that have AMX) or
+            ``"torch"`` (see ``EngineConfig.swap_kernel``).
     """
 
-    def __init__(self, pipeline, info: BackendInfo, *, originals_device: str = "auto", eager_originals: bool = True):
+    def __init__(self, pipeline, info: BackendInfo, *, originals_device: str = "auto", eager_originals: bool = True,
+                 swap_kernel: str = "auto"):  # fmt: skip
         self.pipeline = pipeline
         self.info = info
         self.device = pipeline.device
@@ -94,13 +97,21 @@ class DiffusersBackend:
         self.index = LayerIndex.from_pipeline(pipeline)
         if originals_device == "auto":
             originals_device = "same"
-        self.swapper = Swapper(pipeline, self.index, originals_device=originals_device)
+        kernel = None
+        if swap_kernel == "auto" and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            from .torch_cpu_kernel import load_amx_addmm
+
+            kernel = load_amx_addmm()
+            if not kernel.available:
+                logger.info("one-pass swap kernel not used (torch.addmm instead): %s", kernel.status.reason)
+        self.swapper = Swapper(pipeline, self.index, originals_device=originals_device, kernel=kernel)
         if eager_originals:
             self.swapper.keep_originals(k for k in self.index.layers if _usual_target(*k))
         self.base_digest = weights_digest(pipeline)
         logger.info(
-            "pipeline ready: %s on %s/%s, base digest %s, originals %.1f MB",
+            "pipeline ready: %s on %s/%s, base digest %s, originals %.1f MB, swap kernel %s",
             info.model_id, self.device, self.dtype, self.base_digest, self.swapper.originals_bytes / 1e6,
+            self.swapper.kernel_name,
         )
 
     @classmethod
@@ -138,7 +149,8 @@ class DiffusersBackend:
                 default_guidance=config.default_guidance, local_lora_dirs=local_dirs,
             )  # fmt: skip
         pipeline.to(device)
-        return cls(pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals)
+        return cls(pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,
+                   swap_kernel=config.swap_kernel)  # fmt: skip
 
     def prepare(self, adapter: ParsedAdapter) -> ParsedAdapter:
         """The adapter's factors on the weights' device and dtype, ready for ``swap``."""

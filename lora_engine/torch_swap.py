@@ -19,6 +19,10 @@ or threading: the caller (the engine's worker thread) owns the pipeline and call
 Originals are kept for exactly the layers some adapter has touched (cloned on first touch, or up front
 with :meth:`Swapper.keep_originals` so the first swap costs no more than later ones), on the weights'
 device, or in pinned host memory when ``originals_device="cpu"`` on an accelerator.
+
+On CPUs with AMX, bfloat16 layers are written by ``torch_cpu_kernel``'s one-pass kernel when the swapper is
+given one (torch's CPU ``addmm(..., out=W)`` copies the original into ``W`` before adding: two passes).
+A given layer and adapter always take the same path, so the same adapter always gives the same bits.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .torch_adapters import COMPONENTS, LayerIndex, ParsedAdapter
+from .torch_adapters import COMPONENTS, LayerIndex, LoraLayer, ParsedAdapter
+
+if TYPE_CHECKING:
+    from .torch_cpu_kernel import AmxAddmm
 
 __all__ = ["ActiveAdapter", "SwapStats", "Swapper", "weights_digest"]
 
@@ -101,9 +109,12 @@ class Swapper:
         index (`LayerIndex`): the pipeline's layers, from ``LayerIndex.from_pipeline``.
         originals_device (`str`, *optional*): ``"same"`` keeps originals beside the weights (fastest);
             ``"cpu"`` keeps them in (pinned, on accelerators) host memory to save device memory.
+        kernel (`AmxAddmm`, *optional*): the one-pass CPU bf16 kernel (``torch_cpu_kernel.load_amx_addmm``);
+            layers it does not apply to, or all layers without it, use ``torch.addmm``.
     """
 
-    def __init__(self, pipeline, index: LayerIndex, originals_device: str = "same"):
+    def __init__(self, pipeline, index: LayerIndex, originals_device: str = "same",
+                 kernel: "AmxAddmm | None" = None):  # fmt: skip
         self._index = index
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
         for component in COMPONENTS:
@@ -116,10 +127,16 @@ class Swapper:
                     self._weights[(comp, key)] = modules[key].weight.data
         self._originals: dict[tuple[str, str], torch.Tensor] = {}
         self._originals_device = originals_device
+        self._kernel = kernel if kernel is not None and kernel.available else None
         self._applied: set[tuple[str, str]] = set()
         self.active: ActiveAdapter | None = None
         # Tests set this to raise in the middle of a swap and check the rollback; None in production.
         self._before_layer: Callable[[int], None] | None = None
+
+    @property
+    def kernel_name(self) -> str:
+        """``"amx-bf16"`` when the one-pass CPU kernel is in use (for layers it applies to), else ``"torch.addmm"``."""
+        return self._kernel.name if self._kernel is not None else "torch.addmm"
 
     @property
     def originals_bytes(self) -> int:
@@ -165,24 +182,9 @@ class Swapper:
                 if key not in self._originals:
                     self._keep(key)
                     cloned += 1
-                # A layer no adapter occupies holds its exact original already: add in place, one pass over
-                # W. Otherwise compute from the kept original into W (torch's out= addmm: copy, then add).
                 at_original = key not in self._applied
                 self._applied.add(key)
-                w = self._weights[key]
-                out_features = w.shape[0]
-                w2d = w.view(out_features, -1)
-                b2d, a2d = lay.b.view(out_features, -1), lay.a.view(lay.a.shape[0], -1)
-                alpha = scale * lay.scaling
-                if at_original:
-                    w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)
-                else:
-                    orig = self._originals[key]
-                    if orig.device != w.device:
-                        w.copy_(orig, non_blocking=True)
-                        w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)
-                    else:
-                        torch.addmm(orig.view(out_features, -1), b2d, a2d, beta=1, alpha=alpha, out=w2d)
+                self._write(self._weights[key], self._originals[key], lay, scale * lay.scaling, at_original)
                 written += 1
         except BaseException:
             self.restore_base()
@@ -190,6 +192,23 @@ class Swapper:
         self._applied = set(target)
         self.active = None if adapter is None else ActiveAdapter(adapter.adapter_id, scale)
         return SwapStats(layers_written=written, layers_restored=restored, originals_cloned=cloned)
+
+    def _write(self, w: torch.Tensor, orig: torch.Tensor, lay: LoraLayer, alpha: float, at_original: bool) -> None:
+        """``w = orig + alpha * (B @ A)`` for one layer, in as few passes over ``w`` as the hardware allows."""
+        out_features = w.shape[0]
+        w2d = w.view(out_features, -1)
+        b2d, a2d = lay.b.view(out_features, -1), lay.a.view(lay.a.shape[0], -1)
+        # A layer no adapter occupies holds its exact original already, so it can be its own source.
+        source = w2d if at_original else orig.view(out_features, -1)
+        if self._kernel is not None and self._kernel.addmm_(w2d, source, b2d, a2d, alpha):
+            return  # one pass; in place or from the original, the same arithmetic
+        if at_original:
+            w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)  # one pass over W
+        elif orig.device != w.device:
+            w.copy_(orig, non_blocking=True)
+            w2d.addmm_(b2d, a2d, beta=1, alpha=alpha)
+        else:
+            torch.addmm(source, b2d, a2d, beta=1, alpha=alpha, out=w2d)  # torch: a copy, then an add
 
     def verify_base(self) -> bool:
         """Whether every layer with a kept original equals it exactly (call when no adapter is applied).
