@@ -4,13 +4,14 @@ What this is for: building (once, with the system C compiler) and calling ``csrc
 writes each touched weight in a single pass. torch has no CPU op for ``out = C + alpha * A @ B`` with
 ``out`` different from ``C`` that does not first copy ``C`` into ``out``; that second pass is why the swap
 measured 2.2-2.5x the copy floor on full-size SDXL shapes in bf16 on a 2-core Sapphire Rapids, against the
-issue's target of 2x. With this kernel: 1.2x at rank 8, 1.55x at rank 32 (``bench/swap.py``).
+issue's target of 2x. With this kernel: 1.31x at rank 8, 1.51x at rank 32 (``bench/swap.py``).
 
 What it is not for: float32/float16 weights, accelerators, ranks above 128, or CPUs without AMX-BF16: for
 those :meth:`AmxAddmm.addmm_` returns ``False`` and the swapper uses ``torch.addmm`` as before. Nothing is
 built or loaded at import; :func:`load_amx_addmm` does it on first use and says why when it cannot.
 
-The library is cached under ``~/.cache/sdxl-lora-server/kernels/`` (``XDG_CACHE_HOME`` respected), named
+The library is cached under ``~/.cache/sdxl-lora-server/kernels/`` (``XDG_CACHE_HOME`` respected; the temp
+folder when that cannot be written), named
 by a hash of the source, the flags and the compiler's version, and written atomically, so processes
 sharing a cache never load a half-written file. ctypes releases the GIL for the call; the kernel's OpenMP
 threads are torch's own (the same ``libgomp`` soname, already loaded by torch, is reused).
@@ -119,6 +120,10 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+class _CompileError(Exception):
+    """Raised when the compiler rejects the source (another folder would not help)."""
+
+
 def _build(compiler: str, folder: Path) -> Path:
     """Compile the source into ``folder`` (or reuse an identical earlier build); returns the library path."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -134,7 +139,7 @@ def _build(compiler: str, folder: Path) -> Path:
         proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
                               timeout=_BUILD_TIMEOUT_S)  # fmt: skip
         if proc.returncode != 0:
-            raise OSError(f"{compiler} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
+            raise _CompileError(f"{compiler} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
         os.replace(tmp, target)  # atomic: another process sees no file or the whole file
     finally:
         if os.path.exists(tmp):
@@ -150,14 +155,31 @@ def load_amx_addmm(cache_dir: str | None = None) -> AmxAddmm:
     (not x86-64 Linux, no C compiler, a build error, no AMX on this CPU, tile state refused by the kernel).
     """
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return AmxAddmm(KernelStatus(False, f"needs x86-64 Linux, this is {platform.system()} {platform.machine()}"), None)
+        where = f"{platform.system()} {platform.machine()}"
+        return AmxAddmm(KernelStatus(False, f"needs x86-64 Linux, this is {where}"), None)
     compiler = _compiler()
     if compiler is None:
         return AmxAddmm(KernelStatus(False, "no C compiler (cc, gcc or $CC) found"), None)
+    if cache_dir:
+        folders = [Path(cache_dir)]
+    else:
+        folders = [_cache_dir(), Path(tempfile.gettempdir()) / f"sdxl-lora-server-{os.getuid()}" / "kernels"]
+    path = None
+    failure = "no folder to build in"
+    for folder in folders:
+        try:
+            path = _build(compiler, folder)
+            break
+        except (_CompileError, subprocess.SubprocessError) as exc:
+            failure = str(exc)
+            break
+        except OSError as exc:  # an unwritable cache folder: try the next one
+            failure = str(exc)
     try:
-        path = _build(compiler, Path(cache_dir) if cache_dir else _cache_dir())
+        if path is None:
+            raise OSError(failure)
         lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         return AmxAddmm(KernelStatus(False, f"build or load failed: {exc}"), None)
     lib.lw_available.restype = ctypes.c_int
     if lib.lw_available() != 1:

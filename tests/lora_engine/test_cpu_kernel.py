@@ -54,6 +54,22 @@ def test_builds_once_and_is_reused(kernel_dir, monkeypatch):
     assert not [p for p in os.listdir(kernel_dir + "-broken") if p.endswith((".so", ".tmp"))]
 
 
+def test_unwritable_cache_falls_back_to_the_temp_folder(monkeypatch):
+    """A read-only or broken ``XDG_CACHE_HOME`` must not cost the kernel: it is built in the temp folder."""
+    import tempfile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null/cache")  # mkdir there fails (not a directory)
+    load_amx_addmm.cache_clear()
+    try:
+        k = load_amx_addmm()
+        if k.status.library is None and not os.environ.get("REQUIRE_SWAP_KERNEL"):
+            pytest.skip(f"kernel not built here: {k.status.reason}")
+        assert k.status.library is not None, k.status.reason
+        assert k.status.library.startswith(tempfile.gettempdir())
+    finally:
+        load_amx_addmm.cache_clear()
+
+
 def _operands(m, n, r, seed=0):
     g = torch.Generator().manual_seed(seed)
     orig = torch.randn(m, n, generator=g).to(torch.bfloat16)
@@ -149,7 +165,7 @@ def test_swapper_with_kernel_agrees_with_torch_and_restores_exactly(kernel, load
     start = weights_digest(ours_pipe)
     adapters = _demo_adapters(index, demo_assets)
     first = {}
-    for i, adapter in enumerate(adapters * 2):
+    for adapter in adapters * 2:
         ours.apply(adapter, 0.8)
         ref.apply(adapter, 0.8)
         for key, w in ours._weights.items():
