@@ -49,6 +49,7 @@ def test_from_env_reads_every_kind_of_field():
         ({"LORA_ENGINE_MAX_QUEUE": "lots"}, "LORA_ENGINE_MAX_QUEUE must be a int but is 'lots'"),
         ({"LORA_ENGINE_PREFETCH": "maybe"}, "LORA_ENGINE_PREFETCH must be a bool but is 'maybe'"),
         ({"LORA_ENGINE_MIN_SIDE": "60"}, "multiples of 8"),
+        ({"LORA_ENGINE_SWAP_KERNEL": "triton"}, "LORA_ENGINE_SWAP_KERNEL must be one of auto, torch but is 'triton'"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env, message):
