@@ -308,6 +308,49 @@ def _diffusers_cycle(pipe, state_dict: dict, timer: _Timer) -> dict:
     return t
 
 
+def _unfused_vs_fused(pipe, swapper: Swapper, adapters: dict, state_dicts: dict, warm_s: dict, timer: _Timer,
+                      side: int = 64, reps: int = 3) -> dict:  # fmt: skip
+    """One UNet step with the adapter fused by our swap, against the same adapter left unfused (diffusers/PEFT
+    LoRA layers computing ``x @ A @ B`` beside every targeted weight, as serving without fusing would run).
+
+    The difference is what unfused serving pays per denoising step; ``break_even_steps`` is how many steps
+    it takes to cost one warm swap: unfused only wins for requests with fewer steps than that.
+    """
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, side, side, generator=g).to(device, dtype)
+    enc = torch.randn(1, 77, 2048, generator=g).to(device, dtype)
+    cond = {"text_embeds": torch.randn(1, 1280, generator=g).to(device, dtype),
+            "time_ids": torch.tensor([[8.0 * side, 8.0 * side, 0.0, 0.0, 8.0 * side, 8.0 * side]]).to(device, dtype)}
+
+    def step():
+        with torch.inference_mode():
+            unet(x, 500, encoder_hidden_states=enc, added_cond_kwargs=cond)
+
+    out: dict = {"latent": f"1x4x{side}x{side} ({8 * side} px), batch 1, one UNet forward", "reps": reps}
+    for rank, key in ((8, "r8_peft"), (32, "r32_a")):
+        swapper.apply(adapters[key], 1.0)
+        timer(step)  # warm-up
+        fused = [timer(step) for _ in range(reps)]
+        swapper.apply(None)
+        pipe.load_lora_weights(dict(state_dicts[key]))
+        timer(step)
+        unfused = [timer(step) for _ in range(reps)]
+        pipe.unload_lora_weights()
+        swapper.apply(adapters[key], 1.0)
+        fused += [timer(step) for _ in range(reps)]  # bracket the unfused runs: load drifts on a shared VM
+        swapper.apply(None)
+        f, u = _med(fused), _med(unfused)
+        over = u - f
+        out[f"rank{rank}"] = {
+            "step_fused_s": _r(f), "step_unfused_s": _r(u), "overhead_per_step_s": _r(over),
+            "overhead_pct": _r(100.0 * over / f, 2), "warm_swap_s": warm_s[f"rank{rank}"],
+            "break_even_steps": _r(warm_s[f"rank{rank}"] / over, 2) if over > 0 else None,
+        }  # fmt: skip
+    return out
+
+
 def _median_steps(cycles: list[dict]) -> dict:
     return {k: _r(_med([c[k] for c in cycles])) for k in cycles[0]} if cycles else {}
 
@@ -506,6 +549,9 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
             "fuse_lora(adapter_names=[x]) -> unfuse_lora() per cycle", **theirs_drift,
             "loop_s": _r(time.perf_counter() - t0)}  # fmt: skip
     _log(f"full-size drift {out['drift']}")
+    if not quick:
+        out["unfused"] = _unfused_vs_fused(pipe, swapper, adapters, state_dicts, out["warm_swap_s"], timer)
+        _log(f"unfused vs fused {out['unfused']}")
     del pipe, swapper, live, originals, adapters, unet
     gc.collect()
     if quick:
