@@ -25,7 +25,9 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -85,13 +87,18 @@ class AmxAddmm:
         if self._fn is None:
             return False
         tensors = (out, orig, b, a)
-        if any(t.device.type != "cpu" or t.dtype != torch.bfloat16 or not t.is_contiguous() for t in tensors):
+        if any(t.layout != torch.strided or t.device.type != "cpu" or t.dtype != torch.bfloat16 for t in tensors):
             return False
-        if any(t.dim() != 2 for t in tensors):
+        if any(t.dim() != 2 or not t.is_contiguous() for t in tensors):
             return False
         m, n = out.shape
         r = b.shape[1]
-        return orig.shape == out.shape and b.shape[0] == m and a.shape == (r, n) and 1 <= r <= MAX_RANK
+        if not (orig.shape == out.shape and b.shape[0] == m and a.shape == (r, n) and 1 <= r <= MAX_RANK):
+            return False
+        # The kernel's threads read and write rows in any order: ``out`` may be ``orig`` itself, but must not
+        # partly overlap it, nor overlap the factors.
+        same = out.data_ptr() == orig.data_ptr()
+        return (same or not _overlap(out, orig)) and not _overlap(out, b) and not _overlap(out, a)
 
     def addmm_(self, out: torch.Tensor, orig: torch.Tensor, b: torch.Tensor, a: torch.Tensor, alpha: float) -> bool:
         """``out = orig + alpha * (b @ a)`` in one pass (``out`` may be ``orig``); ``False`` if it does not apply.
@@ -105,10 +112,20 @@ class AmxAddmm:
         code = self._fn(out.data_ptr(), orig.data_ptr(), b.data_ptr(), a.data_ptr(), m, n, b.shape[1],
                         float(alpha), torch.get_num_threads())  # fmt: skip
         if code == 2:
+            # Not a silent fallback to torch.addmm: its bits differ slightly, and an adapter must give the same
+            # weights every time. The swapper rolls back to the base and the request fails cleanly instead.
             raise MemoryError(f"lora_addmm_amx: no memory for the packed factors of a {m}x{n} rank-{b.shape[1]} layer")
         if code != 0:
             raise RuntimeError(f"lora_addmm_amx returned {code} for a {m}x{n} rank-{b.shape[1]} layer")
         return True
+
+
+def _overlap(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the bytes of two contiguous tensors overlap."""
+    if x.numel() == 0 or y.numel() == 0:
+        return False
+    x0, y0 = x.data_ptr(), y.data_ptr()
+    return x0 < y0 + y.numel() * y.element_size() and y0 < x0 + x.numel() * x.element_size()
 
 
 def _cache_dir() -> Path:
@@ -116,30 +133,50 @@ def _cache_dir() -> Path:
     return cache / "sdxl-lora-server" / "kernels"
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compiler() -> list[str] | None:
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])  # "ccache gcc" is a command with an argument
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
 
 
 class _CompileError(Exception):
     """Raised when the compiler rejects the source (another folder would not help)."""
 
 
-def _build(compiler: str, folder: Path) -> Path:
+class _UnsafePath(OSError):
+    """Raised when a cache folder or library could be written by another user (so must not be loaded)."""
+
+
+def _check_private(path: Path, *, folder: bool) -> None:
+    """Refuse what another user could have written: ctypes runs whatever library it is given."""
+    st = os.lstat(path)
+    right_kind = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+    if not right_kind or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise _UnsafePath(
+            f"{path} is not a {'folder' if folder else 'file'} only this user can write "
+            f"(owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)})"
+        )
+
+
+def _build(compiler: list[str], folder: Path) -> Path:
     """Compile the source into ``folder`` (or reuse an identical earlier build); returns the library path."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder, folder=True)
     target = folder / f"lora_addmm_amx-{digest}.so"
     if target.exists():
+        _check_private(target, folder=False)
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=folder)
     os.close(fd)
     try:
-        proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([*compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
                               timeout=_BUILD_TIMEOUT_S)  # fmt: skip
         if proc.returncode != 0:
-            raise _CompileError(f"{compiler} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
+            raise _CompileError(f"{' '.join(compiler)} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
         os.replace(tmp, target)  # atomic: another process sees no file or the whole file
     finally:
         if os.path.exists(tmp):
@@ -153,6 +190,8 @@ def load_amx_addmm(cache_dir: str | None = None) -> AmxAddmm:
 
     Built once per cache folder and process; the result's ``status.reason`` says why it is unavailable
     (not x86-64 Linux, no C compiler, a build error, no AMX on this CPU, tile state refused by the kernel).
+    Folders tried in turn: ``cache_dir`` (or the user's cache, then ``$TMPDIR/sdxl-lora-server-<uid>``), and
+    last a fresh private temp folder; a folder or library another user could write is never used.
     """
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         where = f"{platform.system()} {platform.machine()}"
@@ -165,21 +204,20 @@ def load_amx_addmm(cache_dir: str | None = None) -> AmxAddmm:
     else:
         folders = [_cache_dir(), Path(tempfile.gettempdir()) / f"sdxl-lora-server-{os.getuid()}" / "kernels"]
     path = None
-    failure = "no folder to build in"
-    for folder in folders:
-        try:
-            path = _build(compiler, folder)
-            break
-        except (_CompileError, subprocess.SubprocessError) as exc:
-            failure = str(exc)
-            break
-        except OSError as exc:  # an unwritable cache folder: try the next one
-            failure = str(exc)
+    failures = []
     try:
+        for folder in folders:
+            try:
+                path = _build(compiler, folder)
+                break
+            except OSError as exc:  # unwritable, or writable by others: try the next folder
+                failures.append(str(exc))
+        if path is None and not cache_dir:
+            path = _build(compiler, Path(tempfile.mkdtemp(prefix="sdxl-lora-server-kernel-")))  # this process only
         if path is None:
-            raise OSError(failure)
+            raise OSError("; ".join(failures))
         lib = ctypes.CDLL(str(path))
-    except OSError as exc:
+    except (_CompileError, subprocess.SubprocessError, OSError) as exc:
         return AmxAddmm(KernelStatus(False, f"build or load failed: {exc}"), None)
     lib.lw_available.restype = ctypes.c_int
     if lib.lw_available() != 1:

@@ -14,6 +14,9 @@
  * `orig + alpha * sum` is one fused multiply-add in fp32, rounded to bf16 once (round to nearest even).
  * The result depends only on the inputs, so writing an adapter twice gives identical weights; `out` may be
  * `orig` itself (a layer at its original value is updated in place by the same arithmetic).
+ * Subnormal numbers (below 1.2e-38) count as zero, as the tile unit and vcvtneps2bf16 treat them: factors
+ * and sums that small are read as zero and results that small are written as zero, in the scalar code for
+ * the leftover rows and columns too, so every position follows the same rules.
  */
 #include <cpuid.h>
 #include <immintrin.h>
@@ -40,8 +43,16 @@ static inline float bf16_to_f32(uint16_t h) {
   memcpy(&f, &u, 4);
   return f;
 }
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, like vcvtneps2bf16 (inputs hold no NaN) */
+static inline float flush(float f) { /* a subnormal becomes a zero of the same sign */
   uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7F800000u) == 0) u &= 0x80000000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint16_t f32_to_bf16(float f) { /* like vcvtneps2bf16: flush, round to nearest even (no NaN here) */
+  uint32_t u;
+  f = flush(f);
   memcpy(&u, &f, 4);
   u += 0x7FFFu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
@@ -157,7 +168,8 @@ int lw_addmm_bf16(uint16_t *out, const uint16_t *orig, const uint16_t *b, const 
     for (int64_t i = 0; i < m; i++) {
       for (int64_t j = i < mb * 16 ? nb * 16 : 0; j < n; j++) {
         float sum = 0.f;
-        for (int64_t k = 0; k < r; k++) sum += bf16_to_f32(b[i * r + k]) * bf16_to_f32(a[k * n + j]);
+        for (int64_t k = 0; k < r; k++)
+          sum = flush(sum + flush(bf16_to_f32(b[i * r + k])) * flush(bf16_to_f32(a[k * n + j])));
         out[i * n + j] = f32_to_bf16(__builtin_fmaf(alpha, sum, bf16_to_f32(orig[i * n + j])));
       }
     }

@@ -7,6 +7,8 @@ skips the numeric tests with the kernel's own reason (shown by ``-ra``); the bui
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -54,20 +56,39 @@ def test_builds_once_and_is_reused(kernel_dir, monkeypatch):
     assert not [p for p in os.listdir(kernel_dir + "-broken") if p.endswith((".so", ".tmp"))]
 
 
-def test_unwritable_cache_falls_back_to_the_temp_folder(monkeypatch):
+def test_unwritable_cache_falls_back_to_the_temp_folder(monkeypatch, tmp_path):
     """A read-only or broken ``XDG_CACHE_HOME`` must not cost the kernel: it is built in the temp folder."""
-    import tempfile
-
     monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null/cache")  # mkdir there fails (not a directory)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's own temp folder, not the shared /tmp
     load_amx_addmm.cache_clear()
     try:
         k = load_amx_addmm()
         if k.status.library is None and not os.environ.get("REQUIRE_SWAP_KERNEL"):
             pytest.skip(f"kernel not built here: {k.status.reason}")
         assert k.status.library is not None, k.status.reason
-        assert k.status.library.startswith(tempfile.gettempdir())
+        assert k.status.library.startswith(str(tmp_path / f"sdxl-lora-server-{os.getuid()}"))
     finally:
         load_amx_addmm.cache_clear()
+
+
+def test_a_library_or_folder_others_can_write_is_never_loaded(kernel_dir, tmp_path):
+    """ctypes runs whatever it loads: a cached library another user could have replaced is refused."""
+    k = load_amx_addmm(kernel_dir)
+    if k.status.library is None and not os.environ.get("REQUIRE_SWAP_KERNEL"):
+        pytest.skip(f"kernel not built here: {k.status.reason}")
+    shared = tmp_path / "shared"
+    shutil.copytree(kernel_dir, shared)
+    library = shared / os.path.basename(k.status.library)
+    os.chmod(library, 0o666)
+    refused = load_amx_addmm(str(shared))
+    assert not refused.available and "only this user can write" in refused.status.reason
+
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    os.chmod(open_folder, 0o777)
+    refused = load_amx_addmm(str(open_folder))
+    assert not refused.available and "only this user can write" in refused.status.reason
+    assert not list(open_folder.iterdir())  # nothing was built there either
 
 
 def _operands(m, n, r, seed=0):
@@ -78,8 +99,10 @@ def _operands(m, n, r, seed=0):
     return orig, b, a
 
 
-# Full 16 x 32 blocks, an odd last 16 columns, leftover rows and columns, odd ranks, ranks 1 and 4 tiles deep.
-SHAPES = [(64, 64, 8), (320, 640, 32), (48, 80, 33), (37, 53, 3), (16, 48, 1), (33, 100, 64), (32, 96, MAX_RANK)]
+# Full 16 x 32 blocks, an odd last 16 columns, leftover rows and columns, leftover rows under streamed lines,
+# odd ranks, ranks 1 and 2, 3 and 4 tiles deep.
+SHAPES = [(64, 64, 8), (320, 640, 32), (48, 80, 33), (37, 53, 3), (37, 64, 8), (16, 48, 1), (33, 100, 64),
+          (32, 64, 80), (32, 96, MAX_RANK)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,n,r", SHAPES, ids=lambda v: str(v))
@@ -101,16 +124,54 @@ def test_rounds_the_exact_result_once(kernel, m, n, r):
     assert (out.double() - exact).abs().max() <= (ref.double() - exact).abs().max() + 1e-6
 
 
-def test_in_place_equals_from_original_bit_for_bit(kernel):
+def _unaligned_like(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` starting 2 bytes into its storage (not on a cache line: no streaming stores)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+    view = buf[1:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("m,n,r", [(320, 1280, 8), *SHAPES], ids=lambda v: str(v))
+def test_in_place_equals_from_original_bit_for_bit(kernel, m, n, r):
     """A layer at its original is updated in place; a layer holding another adapter is rebuilt from the
-    original: both must give the same bits, or an adapter would look different depending on what ran before."""
-    orig, b, a = _operands(320, 1280, 8, seed=1)
+    original: both must give the same bits, or an adapter would look different depending on what ran before.
+    Nor may the bits depend on alignment (streamed or plain stores) or on the number of threads."""
+    orig, b, a = _operands(m, n, r, seed=1)
     out = torch.full_like(orig, 7.0)  # another adapter's values: must not leak in
     assert kernel.addmm_(out, orig, b, a, 1.3)
     in_place = orig.clone()
     assert kernel.addmm_(in_place, in_place, b, a, 1.3)
     assert torch.equal(out, in_place)
     assert kernel.addmm_(out, orig, b, a, 1.3) and torch.equal(out, in_place)  # and again: repeatable
+
+    unaligned = _unaligned_like(orig)
+    assert kernel.addmm_(unaligned, unaligned, b, a, 1.3) and torch.equal(unaligned, in_place)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = torch.empty_like(orig)
+        assert kernel.addmm_(one, orig, b, a, 1.3) and torch.equal(one, in_place)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (64, 0), (0, 0)])
+def test_empty_layers_are_fine(kernel, shape):
+    m, n = shape
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    b, a = torch.ones(m, 4, dtype=torch.bfloat16), torch.ones(4, n, dtype=torch.bfloat16)
+    assert kernel.addmm_(out, out, b, a, 1.0)
+
+
+def test_subnormals_count_as_zero_everywhere(kernel):
+    """Blocks (tile unit) and leftovers (scalar code) follow the same rule for numbers below 1.2e-38."""
+    orig = torch.full((37, 53), 1e-39).to(torch.bfloat16)  # a subnormal in bf16 as in fp32
+    assert (orig != 0).all()
+    b, a = torch.zeros(37, 4, dtype=torch.bfloat16), torch.zeros(4, 53, dtype=torch.bfloat16)
+    out = torch.empty_like(orig)
+    assert kernel.addmm_(out, orig, b, a, 1.0)
+    assert (out == 0).all()
 
 
 def test_alpha_zero_is_the_original(kernel):
@@ -122,7 +183,8 @@ def test_alpha_zero_is_the_original(kernel):
 
 @pytest.mark.parametrize(
     "case",
-    ["float32", "non-contiguous", "rank-too-large", "shape-mismatch", "float16"],
+    ["float32", "non-contiguous", "rank-too-large", "shape-mismatch", "float16", "partial-overlap",
+     "factor-overlaps-out"],  # fmt: skip
 )
 def test_declines_what_it_does_not_do_and_writes_nothing(kernel, case):
     orig, b, a = _operands(64, 64, 8)
@@ -138,6 +200,12 @@ def test_declines_what_it_does_not_do_and_writes_nothing(kernel, case):
         a = torch.zeros(MAX_RANK + 1, 64, dtype=torch.bfloat16)
     elif case == "shape-mismatch":
         a = a[:, :32].contiguous()
+    elif case == "partial-overlap":  # out starts one row into orig: threads would read rows already written
+        buf = torch.zeros(65 * 64, dtype=torch.bfloat16)
+        orig, out = buf[: 64 * 64].view(64, 64), buf[64:].view(64, 64)
+    elif case == "factor-overlaps-out":
+        buf = torch.zeros(64 * 64 + 64 * 8, dtype=torch.bfloat16)
+        out, b = buf[: 64 * 64].view(64, 64), buf[64 * 60 : 64 * 60 + 64 * 8].view(64, 8)
     before = out.clone()
     assert kernel.addmm_(out, orig, b, a, 1.0) is False
     assert torch.equal(out, before)
