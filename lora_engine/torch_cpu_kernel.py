@@ -4,17 +4,18 @@ What this is for: building (once, with the system C compiler) and calling ``csrc
 writes each touched weight in a single pass. torch has no CPU op for ``out = C + alpha * A @ B`` with
 ``out`` different from ``C`` that does not first copy ``C`` into ``out``; that second pass is why the swap
 measured 2.2-2.5x the copy floor on full-size SDXL shapes in bf16 on a 2-core Sapphire Rapids, against the
-issue's target of 2x. With this kernel: 1.31x at rank 8, 1.51x at rank 32 (``bench/swap.py``).
+issue's target of 2x. With this kernel: 1.33x at rank 8, 1.49x at rank 32 (``bench/swap.py``, full run).
 
 What it is not for: float32/float16 weights, accelerators, ranks above 128, or CPUs without AMX-BF16: for
 those :meth:`AmxAddmm.addmm_` returns ``False`` and the swapper uses ``torch.addmm`` as before. Nothing is
 built or loaded at import; :func:`load_amx_addmm` does it on first use and says why when it cannot.
 
 The library is cached under ``~/.cache/sdxl-lora-server/kernels/`` (``XDG_CACHE_HOME`` respected; the temp
-folder when that cannot be written), named
-by a hash of the source, the flags and the compiler's version, and written atomically, so processes
-sharing a cache never load a half-written file. ctypes releases the GIL for the call; the kernel's OpenMP
-threads are torch's own (the same ``libgomp`` soname, already loaded by torch, is reused).
+folder when that cannot be written), named by a hash of the source, the flags and the compiler's version, and
+written atomically, so processes sharing a cache never load a half-written file. A folder or library that
+another user could write is never used (ctypes would run their code in this process). ctypes releases the
+GIL for the call; the kernel's OpenMP threads are torch's own (the same ``libgomp`` soname, already loaded by
+torch, is reused).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import platform
 import shlex
@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["AmxAddmm", "KernelStatus", "load_amx_addmm"]
 
