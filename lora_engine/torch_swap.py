@@ -3,10 +3,9 @@
 What this is for: the one operation the server does between requests. For every layer the new adapter
 touches, ``W = original + scale * scaling * (B @ A)`` is written straight into the live weight (one
 ``addmm``, or the one-pass kernel below), computed from a kept copy of the original, never from the current
-``W``. Layers the
-old adapter touched and the new one does not are copied back from their originals. Going back to the base
-model is "copy every touched layer back". Because nothing is ever computed from a previously modified
-weight, errors cannot accumulate: the base after a million swaps is the base at start, byte for byte, and
+``W``. Layers the old adapter touched and the new one does not are copied back from their originals. Going
+back to the base model is "copy every touched layer back". Because nothing is ever computed from a previously
+modified weight, errors cannot accumulate: the base after a million swaps is the base at start, byte for byte, and
 an adapter applied twice gives identical weights both times.
 
 Compared with diffusers' ``load_lora_weights`` → ``fuse_lora`` … ``unfuse_lora`` →
