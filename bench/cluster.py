@@ -62,7 +62,7 @@ from bench.trace import (  # noqa: E402
     replay,
     summarize,
 )
-from tests.support.fake_hub import FakeHub, write_repo  # noqa: E402
+from tests.support.fake_hub import FakeHub, start_for_this_process, write_repo  # noqa: E402
 
 REPLICA_COUNTS = (1, 2)
 ROUTINGS = ("multiplexed", "random")
@@ -355,17 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_replica = args.adapters_per_replica or (2 if args.quick else 8)
 
     work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
-    hub = FakeHub(work / "hub")
-    url = hub.start()
-    # huggingface_hub reads these once, at import (nothing imported it yet); the replicas get them forwarded.
-    if "huggingface_hub" in sys.modules:
-        raise RuntimeError("huggingface_hub was imported before HF_ENDPOINT was set")
-    os.environ["HF_ENDPOINT"] = url
-    os.environ["HF_HOME"] = str(work / "hf_home")
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    os.environ.pop("HF_TOKEN", None)
+    hub = start_for_this_process(work)  # before anything imports huggingface_hub
     try:
         from lora_engine.torch_demo import ensure_demo_assets
 

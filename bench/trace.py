@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Stdlib + yaml only: importing it does not import huggingface_hub, so HF_ENDPOINT can still be set after.
-from tests.support.fake_hub import FakeHub, write_repo  # noqa: E402
+from tests.support.fake_hub import FakeHub, start_for_this_process, write_repo  # noqa: E402
 
 #: ``base_model`` on the published cards; the engine is built to accept it (as tests/lora_engine do).
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -750,17 +750,7 @@ def main(argv: list[str] | None = None) -> dict:
     loads = tuple(float(x) for x in args.loads.split(",") if x.strip())
 
     work = Path(tempfile.mkdtemp(prefix="trace-bench-"))
-    hub = FakeHub(work / "hub")
-    url = hub.start()
-    # huggingface_hub reads these once, at import: nothing imported it yet (fake_hub does not).
-    if "huggingface_hub" in sys.modules:
-        raise RuntimeError("huggingface_hub was imported before HF_ENDPOINT was set")
-    os.environ["HF_ENDPOINT"] = url
-    os.environ["HF_HOME"] = str(work / "hf_home")
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    os.environ.pop("HF_TOKEN", None)
+    hub = start_for_this_process(work)  # before anything imports huggingface_hub
     try:
         from lora_engine.torch_demo import ensure_demo_assets
 

@@ -18,18 +18,11 @@ from pathlib import Path
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="lora-tests-"))
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 
-from tests.support.fake_hub import FakeHub  # noqa: E402  (stdlib + yaml only: no huggingface_hub yet)
+from tests.support.fake_hub import FakeHub, start_for_this_process  # noqa: E402  (stdlib + yaml: no huggingface_hub)
 
-_HUB = FakeHub(_SESSION_DIR / "hub")
-_HUB_URL = _HUB.start()
+_HUB = start_for_this_process(_SESSION_DIR)
+_HUB_URL = _HUB.url
 atexit.register(_HUB.stop)
-
-os.environ["HF_ENDPOINT"] = _HUB_URL
-os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-os.environ.pop("HF_HUB_OFFLINE", None)
-os.environ.pop("HF_TOKEN", None)
 # The demo model is cached per session here, never in the user's ~/.cache.
 os.environ["XDG_CACHE_HOME"] = str(_SESSION_DIR / "xdg_cache")
 

@@ -36,7 +36,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -670,3 +672,22 @@ class FakeHub:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def start_for_this_process(folder: Path) -> FakeHub:
+    """Start a fake Hub serving ``folder/hub`` and point this process's huggingface_hub settings at it.
+
+    huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` once, when it is first imported,
+    so this must run before anything imports it (the test session's conftest, the benchmarks' ``main``).
+    Child processes (Ray replicas) inherit the variables. The caller stops the hub.
+    """
+    if "huggingface_hub" in sys.modules:
+        raise RuntimeError("huggingface_hub was imported before HF_ENDPOINT was set")
+    hub = FakeHub(Path(folder) / "hub")
+    os.environ["HF_ENDPOINT"] = hub.start()
+    os.environ["HF_HOME"] = str(Path(folder) / "hf_home")
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    os.environ.pop("HF_TOKEN", None)
+    return hub
