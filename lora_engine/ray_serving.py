@@ -67,6 +67,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
+from .backend_info import BackendInfo
 from .cluster_config import ClusterConfig, DeploymentSpec
 from .config import EngineConfig
 from .errors import BaseModelNotDeployed, EngineError, QueueFull, ReplicaUnavailable
@@ -107,29 +108,17 @@ _RETRY_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
-class DeploymentInfo:
-    """What the ingress and the app know about one deployment: its engine's ``BackendInfo`` without torch.
+class DeploymentInfo(BackendInfo):
+    """What the ingress and the app know about one deployment: its engine's ``BackendInfo``, and more.
 
     Args:
         deployment (`str`): the Serve deployment's name.
-        model_id (`str`), base_model_id (`str`), accepted_base_models (`tuple[str, ...]`), device (`str`),
-            dtype (`str`), is_demo (`bool`), default_steps (`int`), default_side (`int`),
-            default_guidance (`float`), local_lora_dirs (`tuple[str, ...]`): as ``BackendInfo``.
         limits (`RequestLimits`): what requests to it must satisfy.
         config (`EngineConfig`): its replicas' engine configuration.
+        (the other fields): as ``BackendInfo``.
     """
 
     deployment: str
-    model_id: str
-    base_model_id: str
-    accepted_base_models: tuple[str, ...]
-    device: str
-    dtype: str
-    is_demo: bool
-    default_steps: int
-    default_side: int
-    default_guidance: float
-    local_lora_dirs: tuple[str, ...]
     limits: RequestLimits
     config: EngineConfig
 

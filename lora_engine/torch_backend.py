@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .backend_info import BackendInfo
 from .config import SDXL_BASE_MODEL_ID, EngineConfig
 from .torch_adapters import LayerIndex, ParsedAdapter
 from .torch_swap import SwapStats, Swapper, weights_digest
@@ -46,32 +46,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     return _DTYPES[name]
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What the app and the results say about the loaded model.
-
-    Args:
-        model_id (`str`): what was loaded (a Hub id, a folder, or the demo's id).
-        base_model_id (`str`): the id LoRA cards must name.
-        accepted_base_models (`tuple[str, ...]`): all base ids accepted.
-        device (`str`), dtype (`str`): where and how it runs.
-        is_demo (`bool`): the built-in offline demo model.
-        default_steps (`int`), default_side (`int`), default_guidance (`float`): request defaults that fit it.
-        local_lora_dirs (`tuple[str, ...]`): local LoRA folders (the demo's included).
-    """
-
-    model_id: str
-    base_model_id: str
-    accepted_base_models: tuple[str, ...]
-    device: str
-    dtype: str
-    is_demo: bool
-    default_steps: int
-    default_side: int
-    default_guidance: float
-    local_lora_dirs: tuple[str, ...]
 
 
 class DiffusersBackend:
