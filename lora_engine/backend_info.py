@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import EngineConfig
+
 __all__ = ["BackendInfo"]
 
 
@@ -36,3 +38,17 @@ class BackendInfo:
     default_side: int
     default_guidance: float
     local_lora_dirs: tuple[str, ...]
+
+    @classmethod
+    def describe(cls, config: EngineConfig, *, model_id: str, base_model_id: str, device, dtype, is_demo: bool,
+                 extra_lora_dirs: tuple[str, ...] = ()) -> "BackendInfo":  # fmt: skip
+        """The info for a loaded model: ``config``'s request defaults, or ones that fit the model when unset
+        (12 steps at 64 px for the demo, 25 steps at 1024 px for SDXL); ``device``/``dtype`` as torch prints them."""
+        return cls(
+            model_id=model_id, base_model_id=base_model_id,
+            accepted_base_models=(base_model_id, *config.extra_base_models), device=str(device),
+            dtype=str(dtype).removeprefix("torch."), is_demo=is_demo,
+            default_steps=config.default_steps or (12 if is_demo else 25),
+            default_side=config.default_side or (64 if is_demo else 1024), default_guidance=config.default_guidance,
+            local_lora_dirs=(*config.local_lora_dirs, *extra_lora_dirs),
+        )  # fmt: skip

@@ -189,12 +189,9 @@ class Engine:
         from .torch_backend import BackendInfo, DiffusersBackend
 
         config = EngineConfig(base_model_id=base_model_id, **options)
-        info = BackendInfo(
-            model_id=model_id or base_model_id, base_model_id=base_model_id,
-            accepted_base_models=(base_model_id, *config.extra_base_models), device=str(pipeline.device),
-            dtype=str(pipeline.unet.dtype).removeprefix("torch."), is_demo=False,
-            default_steps=config.default_steps or 25, default_side=config.default_side or 1024,
-            default_guidance=config.default_guidance, local_lora_dirs=tuple(config.local_lora_dirs),
+        info = BackendInfo.describe(
+            config, model_id=model_id or base_model_id, base_model_id=base_model_id, device=pipeline.device,
+            dtype=pipeline.unet.dtype, is_demo=False,
         )  # fmt: skip
         backend = DiffusersBackend(
             pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,

@@ -95,33 +95,23 @@ class DiffusersBackend:
 
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        local_dirs = tuple(config.local_lora_dirs)
         model_id = config.model_id
         if model_id is None and device.type != "cuda":
             from .torch_demo import DEMO_BASE_MODEL_ID, ensure_demo_assets
 
             assets = ensure_demo_assets(Path(config.demo_dir) if config.demo_dir else None)
             pipeline = StableDiffusionXLPipeline.from_pretrained(assets.model_dir, dtype=dtype)
-            base = config.base_model_id or DEMO_BASE_MODEL_ID
-            info = BackendInfo(
-                model_id=DEMO_BASE_MODEL_ID, base_model_id=base,
-                accepted_base_models=(base, *config.extra_base_models), device=str(device),
-                dtype=str(dtype).removeprefix("torch."), is_demo=True,
-                default_steps=config.default_steps or 12, default_side=config.default_side or 64,
-                default_guidance=config.default_guidance,
-                local_lora_dirs=(*local_dirs, str(assets.loras_dir)),
+            info = BackendInfo.describe(
+                config, model_id=DEMO_BASE_MODEL_ID, base_model_id=config.base_model_id or DEMO_BASE_MODEL_ID,
+                device=device, dtype=dtype, is_demo=True, extra_lora_dirs=(str(assets.loras_dir),),
             )  # fmt: skip
         else:
             model_id = model_id or SDXL_BASE_MODEL_ID
             pipeline = StableDiffusionXLPipeline.from_pretrained(model_id, dtype=dtype, use_safetensors=True)
             is_folder = Path(model_id).exists()
             base = config.base_model_id or (SDXL_BASE_MODEL_ID if is_folder else model_id)
-            info = BackendInfo(
-                model_id=model_id, base_model_id=base, accepted_base_models=(base, *config.extra_base_models),
-                device=str(device), dtype=str(dtype).removeprefix("torch."), is_demo=False,
-                default_steps=config.default_steps or 25, default_side=config.default_side or 1024,
-                default_guidance=config.default_guidance, local_lora_dirs=local_dirs,
-            )  # fmt: skip
+            info = BackendInfo.describe(config, model_id=model_id, base_model_id=base, device=device, dtype=dtype,
+                                        is_demo=False)  # fmt: skip
         pipeline.to(device)
         return cls(pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,
                    swap_kernel=config.swap_kernel)  # fmt: skip
