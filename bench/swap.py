@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict  # noqa: E402
 from lora_engine.torch_backend import _own_weights, _usual_target  # noqa: E402
-from lora_engine.torch_cpu_kernel import AmxAddmm, load_amx_addmm  # noqa: E402
+from lora_engine.torch_cpu_kernel import AmxAddmm, kernel_for  # noqa: E402
 from lora_engine.torch_swap import Swapper  # noqa: E402
 
 #: ``stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`` (written from the published config; the
@@ -618,7 +618,7 @@ def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, 
     pipe.set_progress_bar_config(disable=True)
     _own_weights(pipe)
     index = LayerIndex.from_pipeline(pipe)
-    swapper = Swapper(pipe, index, kernel=_kernel(kernel_choice, device, dtype))
+    swapper = Swapper(pipe, index, kernel=kernel_for(kernel_choice, device, dtype))
     swapper.keep_originals(k for k in index.layers if _usual_target(*k))
     adapters = [
         parse_lora_state_dict(rid, *load_adapter_file(rid, f, max_bytes=_MAX_FILE), index).to(device, dtype)
@@ -737,13 +737,6 @@ def _tmp_parent(explicit: str | None) -> str | None:
     return None
 
 
-def _kernel(choice: str, device: torch.device, dtype: torch.dtype) -> AmxAddmm | None:
-    """What the engine would use (``EngineConfig.swap_kernel``): the one-pass kernel for bf16 on the CPU."""
-    if choice == "auto" and device.type == "cpu" and dtype == torch.bfloat16:
-        return load_amx_addmm()
-    return None
-
-
 def _check(name: str, value) -> bool | None:
     if value is None:
         return None
@@ -827,7 +820,7 @@ def _run(args) -> dict:
             "load_avg_start": _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         },
     }
-    kernel = _kernel(args.swap_kernel, device, dtype)
+    kernel = kernel_for(args.swap_kernel, device, dtype)
     result["machine"]["swap_kernel"] = {
         "choice": args.swap_kernel,
         "status": kernel.status.reason if kernel is not None else "not used for this device/dtype (torch.addmm)",

@@ -21,6 +21,7 @@ import torch
 from .backend_info import BackendInfo
 from .config import SDXL_BASE_MODEL_ID, EngineConfig
 from .torch_adapters import LayerIndex, ParsedAdapter
+from .torch_cpu_kernel import kernel_for
 from .torch_swap import SwapStats, Swapper, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,9 @@ class DiffusersBackend:
         self.index = LayerIndex.from_pipeline(pipeline)
         if originals_device == "auto":
             originals_device = "same"
-        kernel = None
-        if swap_kernel == "auto" and self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            from .torch_cpu_kernel import load_amx_addmm
-
-            kernel = load_amx_addmm()
-            if not kernel.available:
-                logger.info("one-pass swap kernel not used (torch.addmm instead): %s", kernel.status.reason)
+        kernel = kernel_for(swap_kernel, self.device, self.dtype)
+        if kernel is not None and not kernel.available:
+            logger.info("one-pass swap kernel not used (torch.addmm instead): %s", kernel.status.reason)
         self.swapper = Swapper(pipeline, self.index, originals_device=originals_device, kernel=kernel)
         if eager_originals:
             self.swapper.keep_originals(k for k in self.index.layers if _usual_target(*k))

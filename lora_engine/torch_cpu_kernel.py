@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AmxAddmm", "KernelStatus", "load_amx_addmm"]
+__all__ = ["AmxAddmm", "KernelStatus", "kernel_for", "load_amx_addmm"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lora_addmm_amx.c"
 # Explicit ISA flags, not -march=native: the library must not use instructions lw_available() did not check.
@@ -222,3 +222,11 @@ def load_amx_addmm(cache_dir: str | None = None) -> AmxAddmm:
         return AmxAddmm(KernelStatus(False, "this CPU has no AMX-BF16/AVX512-BF16, or the OS refused tile state",
                                      str(path)), None)  # fmt: skip
     return AmxAddmm(KernelStatus(True, "ready", str(path)), lib)
+
+
+def kernel_for(choice: str, device: torch.device, dtype: torch.dtype) -> AmxAddmm | None:
+    """The kernel ``EngineConfig.swap_kernel`` asks for on this device and dtype: ``"auto"`` loads it for bf16
+    weights on the CPU (check ``.available``); anything else, or ``"torch"``, gets ``None`` (torch.addmm)."""
+    if choice == "auto" and device.type == "cpu" and dtype == torch.bfloat16:
+        return load_amx_addmm()
+    return None
