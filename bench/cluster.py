@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import math
 import os
 import platform
@@ -50,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Stdlib + yaml only: importing these does not import huggingface_hub, so HF_ENDPOINT can still be set after.
+from bench._out import emit  # noqa: E402
 from bench.trace import (  # noqa: E402
     PROMPT,
     SDXL_BASE,
@@ -370,11 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
                 max_ongoing_requests=args.max_ongoing_requests, ray_num_cpus=args.ray_num_cpus,
             )  # fmt: skip
         result["settings"]["quick"] = args.quick
-        text = json.dumps(result, indent=1)
-        out_path = Path(args.out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text + "\n", encoding="utf-8")
-        print(text)
+        emit(result, args.out)
         return result
     finally:
         hub.stop()

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from bench._out import emit  # noqa: E402
 from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict  # noqa: E402
 from lora_engine.torch_backend import _own_weights, _usual_target  # noqa: E402
 from lora_engine.torch_cpu_kernel import AmxAddmm, kernel_for  # noqa: E402
@@ -889,11 +890,7 @@ def _run(args) -> dict:
     result["machine"]["other_processes_cpu_s"] = _r(max(0.0, busy - ours), 1)
     result["machine"]["this_process_cpu_s"] = _r(ours, 1)
 
-    text = json.dumps(result, indent=1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
     return result
 
 

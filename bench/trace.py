@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -50,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Stdlib + yaml only: importing it does not import huggingface_hub, so HF_ENDPOINT can still be set after.
+from bench._out import emit  # noqa: E402
 from tests.support.fake_hub import FakeHub, start_for_this_process, write_repo  # noqa: E402
 
 #: ``base_model`` on the published cards; the engine is built to accept it (as tests/lora_engine do).
@@ -763,9 +763,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_wait_s=args.max_wait_s, cold_requests=cold, out_dir=out_path.parent,
         )  # fmt: skip
         result["settings"]["quick"] = args.quick
-        text = json.dumps(result, indent=1)
-        out_path.write_text(text + "\n", encoding="utf-8")
-        print(text)
+        emit(result, args.out)
         return result
     finally:
         hub.stop()
