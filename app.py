@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from catalogue.presentation import caption, describe_entry, with_trigger_words
 from lora_engine import EngineConfig, GenerationRequest
-from lora_engine.cluster_config import ClusterConfig
 from lora_engine.errors import EngineError, QueueFull
+from lora_engine.serving.config import ClusterConfig
 
 logger = logging.getLogger("app")
 
@@ -83,8 +83,8 @@ def banner_text(engine, catalogue) -> str:
     if engine.info.is_demo:
         parts.append(
             "**Demo model.** No GPU or model was configured, so this serves the built-in tiny SDXL-architecture "
-            "model, trained on simple 64 px scenes: ask for \"a {red|green|blue|yellow} {circle|square|triangle} "
-            "on a {white|black} background\" and pick a LoRA to see its effect. "
+            'model, trained on simple 64 px scenes: ask for "a {red|green|blue|yellow} {circle|square|triangle} '
+            'on a {white|black} background" and pick a LoRA to see its effect. '
             "Set `MODEL_ID` on a CUDA machine to serve real SDXL."
         )
     status = catalogue.status()
@@ -217,7 +217,9 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
         if entry is not None:
             new_prompt = with_trigger_words(prompt, entry.trigger_words, old.trigger_words if old else None)
             return describe_entry(entry, hub_web), new_prompt, repo_id
-        text = f"### {repo_id}\n\nUsable with this base model: weight file `{key.weight_name}` at `{key.revision[:12]}`."
+        text = (
+            f"### {repo_id}\n\nUsable with this base model: weight file `{key.weight_name}` at `{key.revision[:12]}`."
+        )
         return text, prompt, repo_id
 
     def generate(
@@ -230,7 +232,7 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
         width: int = ui.side,
         height: int = ui.side,
         seed: int = -1,
-        progress=gr.Progress(),
+        progress=gr.Progress(),  # noqa: B008 (Gradio's documented way to receive a progress tracker)
     ):
         """Generate one image; returns the PNG and a dict of details (seed, lora, timings)."""
         request = GenerationRequest(
@@ -286,18 +288,30 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
         with gr.Row():
             with gr.Column(scale=5):
                 with gr.Row():
-                    query = gr.Textbox(label="Search LoRAs", placeholder="pixel art, anime, ...", elem_id="search",
-                                       scale=3)  # fmt: skip
+                    query = gr.Textbox(
+                        label="Search LoRAs", placeholder="pixel art, anime, ...", elem_id="search", scale=3
+                    )
                     sort = gr.Dropdown(["downloads", "likes", "recent"], value="downloads", label="Sort by", scale=1)
                 count = gr.Markdown(elem_id="count")
-                gallery = gr.Gallery(label="Catalogue", columns=4, height=520, allow_preview=False,
-                                     object_fit="contain", elem_id="catalogue")  # fmt: skip
+                gallery = gr.Gallery(
+                    label="Catalogue",
+                    columns=4,
+                    height=520,
+                    allow_preview=False,
+                    object_fit="contain",
+                    elem_id="catalogue",
+                )
                 more = gr.Button("Load more", visible=False)
             with gr.Column(scale=4):
                 selected = gr.Markdown("No LoRA selected: the base model.", elem_id="selected")
                 with gr.Row():
-                    lora = gr.Textbox("", label="LoRA (Hub repo id, empty for the base model)", elem_id="lora", scale=3,
-                                      placeholder="owner/name")  # fmt: skip
+                    lora = gr.Textbox(
+                        "",
+                        label="LoRA (Hub repo id, empty for the base model)",
+                        elem_id="lora",
+                        scale=3,
+                        placeholder="owner/name",
+                    )
                     check = gr.Button("Check LoRA", scale=1)
                 example = "a red circle on a white background" if engine.info.is_demo else "a photo of ..."
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", placeholder=example)
@@ -311,18 +325,25 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                     seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                     scale = gr.Slider(-4, 4, value=1.0, step=0.05, label="LoRA scale")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
-                image = gr.Image(label="Result", format="png", type="pil", elem_id="result", interactive=False,
-                                 height=384)  # fmt: skip
+                image = gr.Image(
+                    label="Result", format="png", type="pil", elem_id="result", interactive=False, height=384
+                )
                 details = gr.JSON(label="Details", elem_id="details")
 
         listing = [gallery, shown, more, count]
         gr.on([demo.load, query.submit, sort.change], first_page, [query, sort], listing, api_visibility="private")
         more.click(more_page, [query, sort, shown], listing, api_visibility="private")
         demo.load(lambda: banner_text(engine, catalogue), None, banner, api_visibility="private")
-        gallery.select(on_select, [shown, prompt, selected_id], [lora, prompt, selected, selected_id],
-                       api_visibility="private")  # fmt: skip
-        gr.on([check.click, lora.submit], check_lora, [lora, prompt, selected_id], [selected, prompt, selected_id],
-              api_visibility="private")  # fmt: skip
+        gallery.select(
+            on_select, [shown, prompt, selected_id], [lora, prompt, selected, selected_id], api_visibility="private"
+        )
+        gr.on(
+            [check.click, lora.submit],
+            check_lora,
+            [lora, prompt, selected_id],
+            [selected, prompt, selected_id],
+            api_visibility="private",
+        )
         gr.on(
             [run.click, prompt.submit],
             generate,
@@ -383,7 +404,7 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
                 return error(499, "client closed the request", "cancelled")
         try:
             result = wrapped.result()
-        except QueueFull as e:  # a Ray Serve application refuses through the future (lora_engine.ray_serving)
+        except QueueFull as e:  # a Ray Serve application refuses through the future (lora_engine.serving.cluster)
             return error(503, str(e), e.kind, **{"Retry-After": "5"})
         except EngineError as e:
             return error(400 if e.client_error else 502, str(e), e.kind)
@@ -427,8 +448,15 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
 
 
 _INFERENCE_PARAMETERS = {
-    "negative_prompt", "lora_scale", "num_inference_steps", "guidance_scale", "width", "height", "seed", "lora",
-}  # fmt: skip
+    "negative_prompt",
+    "lora_scale",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "seed",
+    "lora",
+}
 
 
 def request_from_inference_json(body, lora_header: str = "") -> GenerationRequest:
@@ -498,15 +526,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     EngineConfig.add_arguments(parser)
     app_group = parser.add_argument_group("app")
-    app_group.add_argument("--catalogue-refresh-s", type=float,
-                           default=float(os.environ.get("CATALOGUE_REFRESH_S", "3600")),
-                           help="[env: CATALOGUE_REFRESH_S] [default: 3600] seconds between Hub catalogue refreshes")  # fmt: skip
-    app_group.add_argument("--no-hub-catalogue", action="store_true",
-                           default=os.environ.get("CATALOGUE_NO_HUB", "") not in ("", "0"),
-                           help="[env: CATALOGUE_NO_HUB] list local LoRAs only")  # fmt: skip
+    app_group.add_argument(
+        "--catalogue-refresh-s",
+        type=float,
+        default=float(os.environ.get("CATALOGUE_REFRESH_S", "3600")),
+        help="[env: CATALOGUE_REFRESH_S] [default: 3600] seconds between Hub catalogue refreshes",
+    )
+    app_group.add_argument(
+        "--no-hub-catalogue",
+        action="store_true",
+        default=os.environ.get("CATALOGUE_NO_HUB", "") not in ("", "0"),
+        help="[env: CATALOGUE_NO_HUB] list local LoRAs only",
+    )
     ClusterConfig.add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     import uvicorn
 
@@ -517,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu_call = None
     if ClusterConfig.wanted(args):
         # The same UI and HTTP surface in front of a Ray Serve application; ray is imported only here.
-        from lora_engine.ray_serving import start
+        from lora_engine.serving.cluster import start
 
         engine = start(ClusterConfig.from_args(args, config))
     else:

@@ -11,7 +11,8 @@ do. Serve's router sends a request to a replica holding its adapter while one ha
 to balance.
 
 At each load, each of the four runs (``1x_multiplexed``, ``1x_random``, ``2x_multiplexed``, ``2x_random``) deploys
-a fresh application (``lora_engine.ray_serving``, one deployment for the demo model presented as SDXL base) with a cold
+a fresh application (``lora_engine.serving.cluster``, one deployment for the demo model presented as SDXL base)
+with a cold
 adapter cache, replays the whole trace through a ``ClusterClient`` (``multiplexed=False``: requests go to any
 replica), and deletes it. Swaps are counted per replica by its engine (``lora_engine_swaps_total``, returns to the
 base included) and reported with every result (``details["replica_swaps"]``).
@@ -46,11 +47,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 # Stdlib + yaml only: importing these does not import huggingface_hub, so HF_ENDPOINT can still be set after.
-from bench._out import emit  # noqa: E402
-from bench.trace import (  # noqa: E402
+from bench._out import emit
+from bench.trace import (
     PROMPT,
     SDXL_BASE,
     SIDE,
@@ -62,7 +61,7 @@ from bench.trace import (  # noqa: E402
     replay,
     summarize,
 )
-from tests.support.fake_hub import FakeHub, start_for_this_process, write_repo  # noqa: E402
+from lora_engine.testing.loopback_hub import FakeHub, start_for_this_process, write_repo
 
 REPLICA_COUNTS = (1, 2)
 ROUTINGS = ("multiplexed", "random")
@@ -82,23 +81,50 @@ def _request(item: TraceItem, steps: int, guidance: float, lora: str | None = No
     from lora_engine import GenerationRequest
 
     return GenerationRequest(
-        PROMPT, lora=item.lora if lora is None else lora, num_inference_steps=steps, guidance_scale=guidance,
-        width=SIDE, height=SIDE, seed=item.idx,
-    )  # fmt: skip
+        PROMPT,
+        lora=item.lora if lora is None else lora,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        width=SIDE,
+        height=SIDE,
+        seed=item.idx,
+    )
 
 
-def _cluster(model_dir: Path, cache: Path, *, replicas: int, steps: int, queue: int, cpus: float, gpus: float | None,
-             adapters_per_replica: int, max_ongoing: int):  # fmt: skip
+def _cluster(
+    model_dir: Path,
+    cache: Path,
+    *,
+    replicas: int,
+    steps: int,
+    queue: int,
+    cpus: float,
+    gpus: float | None,
+    adapters_per_replica: int,
+    max_ongoing: int,
+):
     from lora_engine import EngineConfig
-    from lora_engine.cluster_config import ClusterConfig, DeploymentSpec
+    from lora_engine.serving.config import ClusterConfig, DeploymentSpec
 
     engine = EngineConfig(
-        model_id=str(model_dir), base_model_id=SDXL_BASE, hub_cache_dir=str(cache), hub_timeout_s=60.0,
-        default_steps=steps, default_side=SIDE, max_queue=queue,
-    )  # fmt: skip
-    spec = DeploymentSpec(engine=engine, replicas=replicas, cpus_per_replica=cpus, gpus_per_replica=gpus,
-                          adapters_per_replica=adapters_per_replica, max_ongoing_requests=max_ongoing,
-                          max_queued_requests=queue, name="bench")  # fmt: skip
+        model_id=str(model_dir),
+        base_model_id=SDXL_BASE,
+        hub_cache_dir=str(cache),
+        hub_timeout_s=60.0,
+        default_steps=steps,
+        default_side=SIDE,
+        max_queue=queue,
+    )
+    spec = DeploymentSpec(
+        engine=engine,
+        replicas=replicas,
+        cpus_per_replica=cpus,
+        gpus_per_replica=gpus,
+        adapters_per_replica=adapters_per_replica,
+        max_ongoing_requests=max_ongoing,
+        max_queued_requests=queue,
+        name="bench",
+    )
     return ClusterConfig(deployments=(spec,), app_name="cluster-bench", retries=0)
 
 
@@ -135,21 +161,46 @@ def per_replica(results) -> dict:
     return out
 
 
-def run_one(tag: str, arrivals, *, hub: FakeHub, model_dir: Path, work: Path, replicas: int, multiplexed: bool,
-            steps: int, guidance: float, cpus: float, gpus: float | None, adapters_per_replica: int,
-            max_ongoing: int, queue: int, capacity: dict | None = None, capacity_samples: int = 8) -> dict:  # fmt: skip
+def run_one(
+    tag: str,
+    arrivals,
+    *,
+    hub: FakeHub,
+    model_dir: Path,
+    work: Path,
+    replicas: int,
+    multiplexed: bool,
+    steps: int,
+    guidance: float,
+    cpus: float,
+    gpus: float | None,
+    adapters_per_replica: int,
+    max_ongoing: int,
+    queue: int,
+    capacity: dict | None = None,
+    capacity_samples: int = 8,
+) -> dict:
     """Deploy a fresh application, replay the trace, delete it; the run's summary.
 
     ``arrivals(service_time_s)`` gives the trace's ``(item, arrival_s)`` pairs. With ``capacity`` (a dict), the
     service time is first measured on this application and written there; else ``arrivals(None)``.
     """
-    from lora_engine.ray_serving import start
+    from lora_engine.serving.cluster import start
 
     cache = work / f"cache-{tag}"
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
-    config = _cluster(model_dir, cache, replicas=replicas, steps=steps, queue=queue, cpus=cpus, gpus=gpus,
-                      adapters_per_replica=adapters_per_replica, max_ongoing=max_ongoing)  # fmt: skip
+    config = _cluster(
+        model_dir,
+        cache,
+        replicas=replicas,
+        steps=steps,
+        queue=queue,
+        cpus=cpus,
+        gpus=gpus,
+        adapters_per_replica=adapters_per_replica,
+        max_ongoing=max_ongoing,
+    )
     t0 = time.monotonic()
     client = start(config)
     startup_s = time.monotonic() - t0
@@ -158,8 +209,7 @@ def run_one(tag: str, arrivals, *, hub: FakeHub, model_dir: Path, work: Path, re
             delay = hub.delay_s
             hub.delay_s = 0.0  # not measured: the probe's own download
             try:
-                capacity.update(measure_capacity(client, steps=steps, guidance=guidance, warmup=3,
-                                                 n=capacity_samples))  # fmt: skip
+                capacity.update(measure_capacity(client, steps=steps, guidance=guidance, warmup=3, n=capacity_samples))
             finally:
                 hub.delay_s = delay
             items = arrivals(capacity["service_time_s"])
@@ -179,25 +229,55 @@ def run_one(tag: str, arrivals, *, hub: FakeHub, model_dir: Path, work: Path, re
         client.close()
     rows = per_replica(results)
     swaps = sum(row["swaps"] for row in rows.values())
-    summary, _ = summarize(records, swaps=swaps, swaps_source="sum over replicas of lora_engine_swaps_total (returns "
-                           "to the base included), from details['replica_swaps']", wall_s=wall, max_wait_s=None,
-                           scheduler=None, grouped=False)  # fmt: skip
+    summary, _ = summarize(
+        records,
+        swaps=swaps,
+        swaps_source="sum over replicas of lora_engine_swaps_total (returns "
+        "to the base included), from details['replica_swaps']",
+        wall_s=wall,
+        max_wait_s=None,
+        scheduler=None,
+        grouped=False,
+    )
     for key in _SINGLE_WORKER_KEYS:
         summary.pop(key, None)
-    summary.update({
-        "replicas": replicas, "routing": "multiplexed" if multiplexed else "random",
-        "replicas_that_served": len(rows), "per_replica": rows, "startup_s": _r(startup_s, 2),
-        "retried": sum(1 for r in results if r.details.get("attempts", 1) > 1),
-    })  # fmt: skip
+    summary.update(
+        {
+            "replicas": replicas,
+            "routing": "multiplexed" if multiplexed else "random",
+            "replicas_that_served": len(rows),
+            "per_replica": rows,
+            "startup_s": _r(startup_s, 2),
+            "retried": sum(1 for r in results if r.details.get("attempts", 1) > 1),
+        }
+    )
     return summary
 
 
-def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 200, loads=LOADS, adapters: int = 30,
-                  download_delay_s: float = 0.3, steps: int = 4, guidance: float = 5.0, seed: int = 0,
-                  zipf_s: float = 1.1, base_fraction: float = 0.1, trace_kind: str = "zipf",
-                  replica_counts=REPLICA_COUNTS, routings=ROUTINGS, cpus_per_replica: float = 1.0,
-                  gpus_per_replica: float | None = None, adapters_per_replica: int = 8, max_ongoing_requests: int = 4,
-                  capacity_samples: int = 8, ray_num_cpus: float | None = None) -> dict:  # fmt: skip
+def run_benchmark(
+    *,
+    hub: FakeHub,
+    assets,
+    work_dir: Path,
+    requests: int = 200,
+    loads=LOADS,
+    adapters: int = 30,
+    download_delay_s: float = 0.3,
+    steps: int = 4,
+    guidance: float = 5.0,
+    seed: int = 0,
+    zipf_s: float = 1.1,
+    base_fraction: float = 0.1,
+    trace_kind: str = "zipf",
+    replica_counts=REPLICA_COUNTS,
+    routings=ROUTINGS,
+    cpus_per_replica: float = 1.0,
+    gpus_per_replica: float | None = None,
+    adapters_per_replica: int = 8,
+    max_ongoing_requests: int = 4,
+    capacity_samples: int = 8,
+    ray_num_cpus: float | None = None,
+) -> dict:
     """Run every (replicas, routing) pair at every load on the same trace; returns the result object.
 
     ``hub`` is a started ``FakeHub`` that ``HF_ENDPOINT`` already points at; its delay knobs are set for the run and
@@ -215,9 +295,12 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 200, 
     _log(f"publishing {adapters} adapters on {hub.url}")
     published = publish_adapters(Path(hub.root), assets, adapters)
     probe = published[0]
-    write_repo(hub.root, CAPACITY_ADAPTER,
-               files={probe.weight_name: (Path(hub.root) / probe.repo_id / probe.weight_name).read_bytes()},
-               card={"tags": ["lora"], "base_model": SDXL_BASE})  # fmt: skip
+    write_repo(
+        hub.root,
+        CAPACITY_ADAPTER,
+        files={probe.weight_name: (Path(hub.root) / probe.repo_id / probe.weight_name).read_bytes()},
+        card={"tags": ["lora"], "base_model": SDXL_BASE},
+    )
     ids = [p.repo_id for p in published]
     trace = make_trace(requests, ids, seed=seed, zipf_s=zipf_s, base_fraction=base_fraction, kind=trace_kind)
 
@@ -229,8 +312,17 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 200, 
     hub.delay_s, hub.delay_paths = download_delay_s, r"/resolve/"
     results: dict = {}
     capacity: dict = {}
-    common = dict(hub=hub, model_dir=model_dir, work=work_dir, steps=steps, guidance=guidance, cpus=cpus_per_replica,
-                  gpus=gpus_per_replica, adapters_per_replica=adapters_per_replica, max_ongoing=max_ongoing_requests)  # fmt: skip
+    common = dict(
+        hub=hub,
+        model_dir=model_dir,
+        work=work_dir,
+        steps=steps,
+        guidance=guidance,
+        cpus=cpus_per_replica,
+        gpus=gpus_per_replica,
+        adapters_per_replica=adapters_per_replica,
+        max_ongoing=max_ongoing_requests,
+    )
 
     def arrivals_at(load: float):
         def arrivals(measured: float | None):
@@ -253,21 +345,32 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 200, 
                     note = " (capacity measured first)" if first else ""
                     _log(f"load {load:g}: {tag}: deploying and replaying{note}")
                     gc.collect()
-                    summary = run_one(tag, arrivals_at(load), replicas=replicas, multiplexed=routing == "multiplexed",
-                                      queue=requests + 8, capacity=capacity if first else None,
-                                      capacity_samples=capacity_samples, **common)  # fmt: skip
+                    summary = run_one(
+                        tag,
+                        arrivals_at(load),
+                        replicas=replicas,
+                        multiplexed=routing == "multiplexed",
+                        queue=requests + 8,
+                        capacity=capacity if first else None,
+                        capacity_samples=capacity_samples,
+                        **common,
+                    )
                     first = False
                     runs[tag] = summary
                     rows = [(r["requests"], r["swaps"]) for r in summary["per_replica"].values()]
-                    _log(f"  {summary['completed']}/{summary['requests']} done, throughput "
-                         f"{summary['throughput_rps']}/s, swaps/request {summary['swaps_per_request']}, mean latency "
-                         f"{summary['latency_s']['mean']}s, (requests, swaps) per replica {rows}")  # fmt: skip
+                    _log(
+                        f"  {summary['completed']}/{summary['requests']} done, throughput "
+                        f"{summary['throughput_rps']}/s, swaps/request {summary['swaps_per_request']}, mean latency "
+                        f"{summary['latency_s']['mean']}s, (requests, swaps) per replica {rows}"
+                    )
             service = capacity["service_time_s"]
             results[f"{load:g}"] = {
-                "load_x_one_replica": load, "rate_per_s": _r(load / service),
-                "trace_span_s": _r(trace[-1].at_unit * service / load, 2), "runs": runs,
+                "load_x_one_replica": load,
+                "rate_per_s": _r(load / service),
+                "trace_span_s": _r(trace[-1].at_unit * service / load, 2),
+                "runs": runs,
                 "comparison": compare(runs, replica_counts, routings),
-            }  # fmt: skip
+            }
     finally:
         hub.delay_s, hub.delay_paths = old_knobs
         if started_ray:
@@ -278,18 +381,32 @@ def run_benchmark(*, hub: FakeHub, assets, work_dir: Path, requests: int = 200, 
     return {
         "benchmark": "cluster",
         "settings": {
-            "requests": requests, "loads_x_one_replica": list(loads), "adapters": adapters, "trace_kind": trace_kind,
-            "zipf_s": zipf_s, "base_fraction": base_fraction, "seed": seed, "steps": steps, "guidance_scale": guidance,
-            "side": SIDE, "download_delay_s": download_delay_s, "replica_counts": list(replica_counts),
-            "routings": list(routings), "cpus_per_replica": cpus_per_replica, "gpus_per_replica": gpus_per_replica,
-            "adapters_per_replica": adapters_per_replica, "max_ongoing_requests": max_ongoing_requests,
+            "requests": requests,
+            "loads_x_one_replica": list(loads),
+            "adapters": adapters,
+            "trace_kind": trace_kind,
+            "zipf_s": zipf_s,
+            "base_fraction": base_fraction,
+            "seed": seed,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "side": SIDE,
+            "download_delay_s": download_delay_s,
+            "replica_counts": list(replica_counts),
+            "routings": list(routings),
+            "cpus_per_replica": cpus_per_replica,
+            "gpus_per_replica": gpus_per_replica,
+            "adapters_per_replica": adapters_per_replica,
+            "max_ongoing_requests": max_ongoing_requests,
             "random_routing": "the same requests without multiplexed_model_id: Serve's power-of-two-choices over "
-                              "all replicas of the deployment",
-        },  # fmt: skip
+            "all replicas of the deployment",
+        },
         "machine": {
-            "python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
             "loadavg_1m_end": _r(os.getloadavg()[0], 2),
-        },  # fmt: skip
+        },
         "capacity": capacity,
         "trace": {
             "distinct_adapters_requested": len([k for k in used if k]),
@@ -331,8 +448,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="80 requests over 8 adapters, 2 per replica")
     parser.add_argument("--requests", type=int, default=None, help="trace length (default 200; --quick 80)")
     parser.add_argument("--adapters", type=int, default=None, help="distinct Hub repos (default 30; --quick 8)")
-    parser.add_argument("--loads", default=",".join(f"{x:g}" for x in LOADS),
-                        help="arrival rates, in multiples of one replica's capacity, comma-separated")  # fmt: skip
+    parser.add_argument(
+        "--loads",
+        default=",".join(f"{x:g}" for x in LOADS),
+        help="arrival rates, in multiples of one replica's capacity, comma-separated",
+    )
     parser.add_argument("--download-delay-s", type=float, default=0.3, help="fake Hub delay per /resolve/ call")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -357,18 +477,30 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
     hub = start_for_this_process(work)  # before anything imports huggingface_hub
     try:
-        from lora_engine.torch_demo import ensure_demo_assets
+        from lora_engine.demo.model import ensure_demo_assets
 
         assets = ensure_demo_assets(Path(args.demo_dir) if args.demo_dir else None)
         # Ray prints its own messages to stdout (at shutdown, too); stdout is for the one JSON object.
         with contextlib.redirect_stdout(sys.stderr):
             result = run_benchmark(
-                hub=hub, assets=assets, work_dir=work / "run", requests=requests, loads=loads, adapters=n_adapters,
-                download_delay_s=args.download_delay_s, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                zipf_s=args.zipf_s, base_fraction=args.base_fraction, cpus_per_replica=args.cpus_per_replica,
-                gpus_per_replica=gpus, adapters_per_replica=per_replica,
-                max_ongoing_requests=args.max_ongoing_requests, ray_num_cpus=args.ray_num_cpus,
-            )  # fmt: skip
+                hub=hub,
+                assets=assets,
+                work_dir=work / "run",
+                requests=requests,
+                loads=loads,
+                adapters=n_adapters,
+                download_delay_s=args.download_delay_s,
+                steps=args.steps,
+                guidance=args.guidance,
+                seed=args.seed,
+                zipf_s=args.zipf_s,
+                base_fraction=args.base_fraction,
+                cpus_per_replica=args.cpus_per_replica,
+                gpus_per_replica=gpus,
+                adapters_per_replica=per_replica,
+                max_ongoing_requests=args.max_ongoing_requests,
+                ray_num_cpus=args.ray_num_cpus,
+            )
         result["settings"]["quick"] = args.quick
         emit(result, args.out)
         return result

@@ -15,7 +15,8 @@ so every ratio compares numbers taken on the same machine under the same load:
 Not for: inference speed, or anything that needs real SDXL weights (the numbers depend on shapes only).
 
 Usage: ``python bench/swap.py [--quick] [--demo-only] [--device auto|cpu|cuda] [--dtype auto|float32|float16|bfloat16]
-[--swap-kernel auto|torch] [--out bench/out/swap.json]``. The JSON goes to stdout and to ``--out``; progress goes to stderr.
+[--swap-kernel auto|torch] [--out bench/out/swap.json]``. The JSON goes to stdout and to ``--out``; progress goes
+to stderr.
 See ``bench/README.md`` for what each number means.
 """
 
@@ -38,16 +39,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil
+import torch
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from bench._out import emit  # noqa: E402
-from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict  # noqa: E402
-from lora_engine.torch_backend import _own_weights, _usual_target  # noqa: E402
-from lora_engine.torch_cpu_kernel import AmxAddmm, kernel_for  # noqa: E402
-from lora_engine.torch_swap import Swapper  # noqa: E402
+from bench._out import emit
+from lora_engine.adapters.parse import LayerIndex, load_adapter_file, parse_lora_state_dict
+from lora_engine.pipeline.backend import _own_weights, _usual_target
+from lora_engine.pipeline.cpu_kernel import AmxAddmm, kernel_for
+from lora_engine.pipeline.swap import Swapper
 
 #: ``stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`` (written from the published config; the
 #: benchmark needs only its shapes, so the weights are random).
@@ -202,14 +201,15 @@ def _compare(live: list[torch.Tensor], base: list[torch.Tensor]) -> dict:
     return {"elements": n, "of": total, "max_abs": mx}
 
 
-def _random_lora(unet, names: list[str], rank: int, seed: int, key_format: str, dtype: torch.dtype,
-                 rel: float = 0.1) -> dict:  # fmt: skip
+def _random_lora(
+    unet, names: list[str], rank: int, seed: int, key_format: str, dtype: torch.dtype, rel: float = 0.1
+) -> dict:
     """A LoRA state dict on ``names`` whose product is about ``rel`` times the weight's size, in ``dtype``.
 
     ``key_format``: ``"peft"`` (``unet.<path>.lora_A.weight``, what diffusers' ``save_lora_weights`` writes) or
     ``"kohya"`` (``lora_unet_<SGM block name>.lora_down.weight`` + ``.alpha``, as kohya's trainer writes).
     """
-    from lora_engine.torch_demo import unet_lora_entries
+    from lora_engine.demo.model import unet_lora_entries
 
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
@@ -290,7 +290,7 @@ def _host_pipeline(unet, dtype: torch.dtype, device: torch.device):
     diffusers' LoRA loader needs a pipeline object; no inference is run, so the text encoders' width not
     matching the UNet's cross-attention width does not matter.
     """
-    from lora_engine.torch_demo import build_demo_pipeline
+    from lora_engine.demo.model import build_demo_pipeline
 
     pipe = build_demo_pipeline(dtype)
     pipe.register_modules(unet=unet)
@@ -309,8 +309,16 @@ def _diffusers_cycle(pipe, state_dict: dict, timer: _Timer) -> dict:
     return t
 
 
-def _unfused_vs_fused(pipe, swapper: Swapper, adapters: dict, state_dicts: dict, warm_s: dict, timer: _Timer,
-                      side: int = 64, reps: int = 3) -> dict:  # fmt: skip
+def _unfused_vs_fused(
+    pipe,
+    swapper: Swapper,
+    adapters: dict,
+    state_dicts: dict,
+    warm_s: dict,
+    timer: _Timer,
+    side: int = 64,
+    reps: int = 3,
+) -> dict:
     """One UNet step with the adapter fused by our swap, against the same adapter left unfused (diffusers/PEFT
     LoRA layers computing ``x @ A @ B`` beside every targeted weight, as serving without fusing would run).
 
@@ -322,8 +330,10 @@ def _unfused_vs_fused(pipe, swapper: Swapper, adapters: dict, state_dicts: dict,
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, side, side, generator=g).to(device, dtype)
     enc = torch.randn(1, 77, 2048, generator=g).to(device, dtype)
-    cond = {"text_embeds": torch.randn(1, 1280, generator=g).to(device, dtype),
-            "time_ids": torch.tensor([[8.0 * side, 8.0 * side, 0.0, 0.0, 8.0 * side, 8.0 * side]]).to(device, dtype)}
+    cond = {
+        "text_embeds": torch.randn(1, 1280, generator=g).to(device, dtype),
+        "time_ids": torch.tensor([[8.0 * side, 8.0 * side, 0.0, 0.0, 8.0 * side, 8.0 * side]]).to(device, dtype),
+    }
 
     def step():
         with torch.inference_mode():
@@ -345,10 +355,13 @@ def _unfused_vs_fused(pipe, swapper: Swapper, adapters: dict, state_dicts: dict,
         f, u = _med(fused), _med(unfused)
         over = u - f
         out[f"rank{rank}"] = {
-            "step_fused_s": _r(f), "step_unfused_s": _r(u), "overhead_per_step_s": _r(over),
-            "overhead_pct": _r(100.0 * over / f, 2), "warm_swap_s": warm_s[f"rank{rank}"],
+            "step_fused_s": _r(f),
+            "step_unfused_s": _r(u),
+            "overhead_per_step_s": _r(over),
+            "overhead_pct": _r(100.0 * over / f, 2),
+            "warm_swap_s": warm_s[f"rank{rank}"],
             "break_even_steps": _r(warm_s[f"rank{rank}"] / over, 2) if over > 0 else None,
-        }  # fmt: skip
+        }
     return out
 
 
@@ -359,8 +372,9 @@ def _median_steps(cycles: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- full size
 
 
-def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Timer, tmp: Path,
-               kernel: AmxAddmm | None) -> dict:  # fmt: skip
+def bench_full(
+    device: torch.device, dtype: torch.dtype, quick: bool, timer: _Timer, tmp: Path, kernel: AmxAddmm | None
+) -> dict:
     # --quick: fewer repetitions; the diffusers cycle on rank 8 only; no separate named-adapter drift loop (the
     # cycles' own drift is still counted); no from_pretrained section (the in-memory first swap stands in).
     reps_warm = 3 if quick else 9
@@ -377,10 +391,11 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
         "params": sum(p.numel() for p in unet.parameters()),
         "bytes": sum(p.numel() * p.element_size() for p in unet.parameters()),
         "touched_layers": len(names),
-        "touched_bytes": sum(unet.get_submodule(n).weight.numel() * unet.get_submodule(n).weight.element_size()
-                             for n in names),
+        "touched_bytes": sum(
+            unet.get_submodule(n).weight.numel() * unet.get_submodule(n).weight.element_size() for n in names
+        ),
         "build_s": _r(time.perf_counter() - t0),
-    }  # fmt: skip
+    }
     _log(f"full-size UNet built: {out['unet']}")
 
     # A model folder for the first-swap-after-load measurement (written now, loaded after this UNet is freed).
@@ -393,8 +408,12 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
         _log(f"model folder written in {out['unet']['save_s']} s")
 
     # Adapters: two rank-8 (one PEFT, one kohya keys) and two rank-32 (PEFT), written to disk as real files.
-    specs = {"r8_peft": (8, 101, "peft"), "r8_kohya": (8, 102, "kohya"), "r32_a": (32, 103, "peft"),
-             "r32_b": (32, 104, "peft")}  # fmt: skip
+    specs = {
+        "r8_peft": (8, 101, "peft"),
+        "r8_kohya": (8, 102, "kohya"),
+        "r32_a": (32, 103, "peft"),
+        "r32_b": (32, 104, "peft"),
+    }
     from safetensors.torch import save_file
 
     state_dicts = {}
@@ -419,8 +438,10 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
         parsed = parse_lora_state_dict(key, sd, {}, index)
         assert len(parsed.layers) == len(names), (key, len(parsed.layers))
         adapters[key] = parsed.to(device, dtype)
-    out["adapters"] = {k: {"rank": specs[k][0], "keys": specs[k][2], "layers": len(a.layers), "bytes": a.nbytes}
-                       for k, a in adapters.items()}  # fmt: skip
+    out["adapters"] = {
+        k: {"rank": specs[k][0], "keys": specs[k][2], "layers": len(a.layers), "bytes": a.nbytes}
+        for k, a in adapters.items()
+    }
     # The kohya file must land on the very same layers with the same factors as a PEFT file would.
     assert {lay.module for lay in adapters["r8_kohya"].layers} == set(names)
 
@@ -470,8 +491,11 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     if in_use is not None:
         out["warm_swap_torch_addmm_s"] = {f"rank{r}": _r(_med(v)) for r, v in warm_torch.items()}
         out["torch_addmm_vs_memcpy"] = {f"rank{r}": _r(_med(v) / _med(floor), 3) for r, v in warm_torch.items()}
-    out["first_swap_in_memory"] = {"first_s": _r(first_in_memory), "later_s": out["warm_swap_s"]["rank8"],
-                                   "first_vs_later": _r(first_in_memory / _med(warm[8]), 3)}  # fmt: skip
+    out["first_swap_in_memory"] = {
+        "first_s": _r(first_in_memory),
+        "later_s": out["warm_swap_s"]["rank8"],
+        "first_vs_later": _r(first_in_memory / _med(warm[8]), 3),
+    }
     _log(f"warm {out['warm_swap_s']} memcpy {out['memcpy_s']} ratio {out['warm_vs_memcpy']}")
 
     # ---- cold swaps: file on disk -> read + checks -> parse -> to(device, dtype) -> apply.
@@ -502,9 +526,12 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
     ours_drift = _compare(live, originals)
     gc.collect()
     rss_after = _rss()
-    out["rss"] = {"before": rss_before, "after": rss_after,
-                  "growth_pct": _r(100.0 * (rss_after - rss_before) / rss_before, 3),
-                  "originals_bytes": swapper.originals_bytes}  # fmt: skip
+    out["rss"] = {
+        "before": rss_before,
+        "after": rss_after,
+        "growth_pct": _r(100.0 * (rss_after - rss_before) / rss_before, 3),
+        "originals_bytes": swapper.originals_bytes,
+    }
 
     # ---- the reference diffusers cycle, from the same in-RAM state dicts.
     # Each cycle is also paired with one of our warm swaps timed just before it (same adapter, same moment).
@@ -532,9 +559,8 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
 
     out["drift"] = {
         "ours": {"swaps": drift_ours, "adapters": len(order), **ours_drift},
-        "diffusers_load_fuse_unfuse_unload": {"cycles": 1, "method": "load -> fuse -> unfuse -> unload",
-                                              **cycle_drift},
-    }  # fmt: skip
+        "diffusers_load_fuse_unfuse_unload": {"cycles": 1, "method": "load -> fuse -> unfuse -> unload", **cycle_drift},
+    }
     # ---- diffusers drift at full size: adapters loaded once by name, then fuse_lora(adapter_names=[x]) / unfuse.
     if drift_theirs:
         t0 = time.perf_counter()
@@ -546,9 +572,12 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
         theirs_drift = _compare([_live_weight(pipe.unet, n) for n in names], originals)
         pipe.unload_lora_weights()
         out["drift"]["diffusers_fuse_unfuse"] = {
-            "cycles": drift_theirs, "method": "load_lora_weights(adapter_name) once each, then "
-            "fuse_lora(adapter_names=[x]) -> unfuse_lora() per cycle", **theirs_drift,
-            "loop_s": _r(time.perf_counter() - t0)}  # fmt: skip
+            "cycles": drift_theirs,
+            "method": "load_lora_weights(adapter_name) once each, then "
+            "fuse_lora(adapter_names=[x]) -> unfuse_lora() per cycle",
+            **theirs_drift,
+            "loop_s": _r(time.perf_counter() - t0),
+        }
     _log(f"full-size drift {out['drift']}")
     if not quick:
         out["unfused"] = _unfused_vs_fused(pipe, swapper, adapters, state_dicts, out["warm_swap_s"], timer)
@@ -609,8 +638,7 @@ def bench_full(device: torch.device, dtype: torch.dtype, quick: bool, timer: _Ti
 # ---------------------------------------------------------------------------------------------- demo model
 
 
-def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, dtype: torch.dtype,
-                 kernel_choice: str):  # fmt: skip
+def _demo_loaded(model_dir: Path, files: dict[str, Path], device: torch.device, dtype: torch.dtype, kernel_choice: str):
     """The demo pipeline from its folder, after the engine's start-up (as ``DiffusersBackend`` does it), and its
     adapters parsed and ready: ``(pipe, index, swapper, adapters)``."""
     from diffusers import StableDiffusionXLPipeline
@@ -639,10 +667,17 @@ def _first_vs_later(swapper: Swapper, adapters: list, timer: _Timer) -> dict:
     return {"first_s": _r(first, 6), "later_s": _r(_med(later), 6), "first_vs_later": _r(first / _med(later), 3)}
 
 
-def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path | None,
-               drift_swaps: int | None, drift_cycles: int | None, kernel_choice: str) -> dict:  # fmt: skip
+def bench_demo(
+    device: torch.device,
+    quick: bool,
+    timer: _Timer,
+    demo_dir: Path | None,
+    drift_swaps: int | None,
+    drift_cycles: int | None,
+    kernel_choice: str,
+) -> dict:
     """The demo model: drift in all three dtypes (both methods), plus small-model timings for reference."""
-    from lora_engine.torch_demo import DEMO_LORAS, ensure_demo_assets
+    from lora_engine.demo.model import DEMO_LORAS, ensure_demo_assets
 
     assets = ensure_demo_assets(demo_dir)
     n_ours = drift_swaps if drift_swaps is not None else (30 if quick else 1000)
@@ -689,12 +724,20 @@ def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path 
         theirs = _compare(live(), [base[k] for k in keys])
         pipe.unload_lora_weights()
         out["drift"][dname] = {
-            "ours": {"swaps": n_ours, "adapters": len(adapters), "swap_kernel": swapper.kernel_name, **ours,
-                     "all_layers_elements": everything["elements"],
-                     "per_swap_ms": _r(1000 * ours_s / max(1, n_ours), 3)},
-            "diffusers_fuse_unfuse": {"cycles": n_theirs, **theirs,
-                                      "per_cycle_ms": _r(1000 * theirs_s / max(1, n_theirs), 3)},
-        }  # fmt: skip
+            "ours": {
+                "swaps": n_ours,
+                "adapters": len(adapters),
+                "swap_kernel": swapper.kernel_name,
+                **ours,
+                "all_layers_elements": everything["elements"],
+                "per_swap_ms": _r(1000 * ours_s / max(1, n_ours), 3),
+            },
+            "diffusers_fuse_unfuse": {
+                "cycles": n_theirs,
+                **theirs,
+                "per_cycle_ms": _r(1000 * theirs_s / max(1, n_theirs), 3),
+            },
+        }
         _log(f"demo drift {dname}: {out['drift'][dname]}")
         del pipe, swapper, adapters, base
         gc.collect()
@@ -704,8 +747,11 @@ def bench_demo(device: torch.device, quick: bool, timer: _Timer, demo_dir: Path 
     )
     out["drift_method_ours"] = "Swapper.apply(adapter_i, 1.0) cycling over the adapters, then apply(None)"
     out["first_swap_after_load"] = first_swap
-    out["rss"] = {"before": rss[0][0], "after": rss[-1][1],
-                  "growth_pct_per_dtype": [_r(100.0 * (b - a) / a, 3) for a, b in rss]}  # fmt: skip
+    out["rss"] = {
+        "before": rss[0][0],
+        "after": rss[-1][1],
+        "growth_pct_per_dtype": [_r(100.0 * (b - a) / a, 3) for a, b in rss],
+    }
     return out
 
 
@@ -750,27 +796,46 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and drift swaps (< 1 min on a CPU)")
     parser.add_argument("--demo-only", action="store_true", help="demo model only (drift; a few seconds)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES],
-                        help="full-size dtype (auto: bfloat16 on the CPU, float16 on CUDA)")  # fmt: skip
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *_DTYPES],
+        help="full-size dtype (auto: bfloat16 on the CPU, float16 on CUDA)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "swap.json"))
     parser.add_argument("--demo-dir", default=None, help="demo model cache folder (default: the app's)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: os.cpu_count()); on a small shared VM, 1 is far less noisy")
-    parser.add_argument("--tmp-dir", default=None,
-                        help="folder for the 5 GB model folder (default: /dev/shm when it has room, else the temp dir)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: os.cpu_count()); on a small shared VM, 1 is far less noisy",
+    )
+    parser.add_argument(
+        "--tmp-dir",
+        default=None,
+        help="folder for the 5 GB model folder (default: /dev/shm when it has room, else the temp dir)",
+    )
     parser.add_argument("--drift-swaps", type=int, default=None, help="demo drift: our swaps per dtype")
     parser.add_argument("--drift-cycles", type=int, default=None, help="demo drift: diffusers cycles per dtype")
-    parser.add_argument("--swap-kernel", default="auto", choices=["auto", "torch"],
-                        help="as LORA_ENGINE_SWAP_KERNEL: auto uses the one-pass AMX kernel for bf16 on a CPU with AMX")
+    parser.add_argument(
+        "--swap-kernel",
+        default="auto",
+        choices=["auto", "torch"],
+        help="as LORA_ENGINE_SWAP_KERNEL: auto uses the one-pass AMX kernel for bf16 on a CPU with AMX",
+    )
     args = parser.parse_args(argv)
 
     import diffusers
     import transformers
 
     # Quiet libraries for the run, and put everything back afterwards (main() also runs inside pytest).
-    saved = (diffusers.utils.logging.get_verbosity(), diffusers.utils.logging.is_progress_bar_enabled(),
-             transformers.utils.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled(),
-             torch.get_num_threads())  # fmt: skip
+    saved = (
+        diffusers.utils.logging.get_verbosity(),
+        diffusers.utils.logging.is_progress_bar_enabled(),
+        transformers.utils.logging.get_verbosity(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+        torch.get_num_threads(),
+    )
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -829,8 +894,9 @@ def _run(args) -> dict:
     }
     demo_dir = Path(args.demo_dir) if args.demo_dir else None
     t0 = time.perf_counter()
-    result["demo"] = bench_demo(device, args.quick, timer, demo_dir, args.drift_swaps, args.drift_cycles,
-                                args.swap_kernel)  # fmt: skip
+    result["demo"] = bench_demo(
+        device, args.quick, timer, demo_dir, args.drift_swaps, args.drift_cycles, args.swap_kernel
+    )
     result["demo"]["wall_s"] = _r(time.perf_counter() - t0, 1)
 
     full = None
@@ -883,8 +949,11 @@ def _run(args) -> dict:
     result["wall_s"] = _r(time.perf_counter() - wall0, 1)
     # How busy the machine was with other work during the run: timings are only comparable within one run.
     cpu1, own1 = psutil.cpu_times(), psutil.Process().cpu_times()
-    busy = sum(getattr(cpu1, f) - getattr(cpu0, f) for f in ("user", "system", "nice", "irq", "softirq", "steal")
-               if hasattr(cpu1, f))  # fmt: skip
+    busy = sum(
+        getattr(cpu1, f) - getattr(cpu0, f)
+        for f in ("user", "system", "nice", "irq", "softirq", "steal")
+        if hasattr(cpu1, f)
+    )
     ours = (own1.user - own0.user) + (own1.system - own0.system)
     result["machine"]["load_avg_end"] = _r(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     result["machine"]["other_processes_cpu_s"] = _r(max(0.0, busy - ours), 1)

@@ -30,7 +30,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
@@ -103,8 +103,9 @@ def _version(
     for e in local + hub:
         by_id.setdefault(e.repo_id, e)
     entries = tuple(by_id.values())
-    return _Version(local, hub, hub_fetched_at, hub_live, last_error, entries, MappingProxyType(by_id),
-                    SearchIndex(entries))
+    return _Version(
+        local, hub, hub_fetched_at, hub_live, last_error, entries, MappingProxyType(by_id), SearchIndex(entries)
+    )
 
 
 def _rebase(snap: Snapshot, endpoint: str) -> tuple[CatalogueEntry, ...]:
@@ -114,8 +115,9 @@ def _rebase(snap: Snapshot, endpoint: str) -> tuple[CatalogueEntry, ...]:
         return snap.entries
     prefix = old.rstrip("/") + "/"
     return tuple(
-        dataclasses.replace(e, thumbnail=endpoint + "/" + e.thumbnail[len(prefix):])
-        if e.thumbnail and e.thumbnail.startswith(prefix) else e
+        dataclasses.replace(e, thumbnail=endpoint + "/" + e.thumbnail[len(prefix) :])
+        if e.thumbnail and e.thumbnail.startswith(prefix)
+        else e
         for e in snap.entries
     )
 
@@ -162,8 +164,11 @@ class Catalogue:
                 raise InvalidCatalogueConfig(f"`local` must hold LocalSource objects but holds {source!r}")
         if hub is not None and not isinstance(hub, HubSource):
             raise InvalidCatalogueConfig(f"`hub` must be a HubSource or None but is {hub!r}")
-        if (isinstance(refresh_interval_s, bool) or not isinstance(refresh_interval_s, (int, float))
-                or not refresh_interval_s > 0):
+        if (
+            isinstance(refresh_interval_s, bool)
+            or not isinstance(refresh_interval_s, (int, float))
+            or not refresh_interval_s > 0
+        ):
             raise InvalidCatalogueConfig(f"`refresh_interval_s` must be a number > 0 but is {refresh_interval_s!r}")
         if isinstance(thumbnail_workers, bool) or not isinstance(thumbnail_workers, int) or thumbnail_workers < 1:
             raise InvalidCatalogueConfig(f"`thumbnail_workers` must be an integer >= 1 but is {thumbnail_workers!r}")
@@ -182,7 +187,7 @@ class Catalogue:
     def __repr__(self) -> str:
         return f"Catalogue(base_model={self.base_model!r}, state={self.status().state!r})"
 
-    def __enter__(self) -> "Catalogue":
+    def __enter__(self) -> Catalogue:
         self.start()
         return self
 
@@ -287,7 +292,12 @@ class Catalogue:
         return self._version.by_id.get(repo_id)
 
     def search(
-        self, query: str = "", sort: str = "downloads", limit: int = 100, offset: int = 0, *,
+        self,
+        query: str = "",
+        sort: str = "downloads",
+        limit: int = 100,
+        offset: int = 0,
+        *,
         servable_only: bool = False,
     ) -> SearchPage:
         """Search the served entries (rules in ``catalogue.search``).
@@ -315,7 +325,7 @@ class Catalogue:
             state = "local-only"
         age = None
         if v.hub_fetched_at is not None:
-            age = max(0.0, (datetime.now(timezone.utc) - v.hub_fetched_at).total_seconds())
+            age = max(0.0, (datetime.now(UTC) - v.hub_fetched_at).total_seconds())
         return CatalogueStatus(state, len(v.entries), v.hub_fetched_at, age, v.last_error)
 
     # ------------------------------------------------------------------ thumbnails

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -151,7 +151,7 @@ class CatalogueEntry:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CatalogueEntry":
+    def from_dict(cls, data: Mapping[str, Any]) -> CatalogueEntry:
         """Rebuild an entry from ``to_dict`` output; unknown keys are ignored.
 
         Raises:
@@ -172,8 +172,15 @@ class CatalogueEntry:
 
 _STR_FIELDS = {"repo_id", "title", "source"}
 _OPT_STR_FIELDS = {
-    "trigger_words", "weight_name", "unservable_reason", "thumbnail", "last_modified", "license", "gated",
-    "local_dir", "revision",
+    "trigger_words",
+    "weight_name",
+    "unservable_reason",
+    "thumbnail",
+    "last_modified",
+    "license",
+    "gated",
+    "local_dir",
+    "revision",
 }
 _INT_FIELDS = {"downloads", "likes"}
 _TUPLE_FIELDS = {"tags", "base_models"}
@@ -227,7 +234,7 @@ def parse_card(text: str) -> Card:
                 except yaml.YAMLError:
                     parsed = None
                 data = parsed if isinstance(parsed, dict) else {}
-                body = "\n".join(lines[i + 1:])
+                body = "\n".join(lines[i + 1 :])
                 break
     return Card(data=data, heading=_first_heading(body))
 
@@ -273,7 +280,7 @@ def base_models_of(card: Mapping[str, Any], tags: Iterable[str] = ()) -> tuple[s
     for tag in tags:
         if not isinstance(tag, str) or not tag.startswith("base_model:"):
             continue
-        rest = tag[len("base_model:"):]
+        rest = tag[len("base_model:") :]
         head = rest.split("/", 1)[0]
         if ":" in head:  # "adapter:owner/name"
             rest = rest.split(":", 1)[1]
@@ -331,7 +338,7 @@ def _license_of(card: Mapping[str, Any], tags: Iterable[str]) -> str | None:
         return lic[0].strip()
     for tag in tags:
         if isinstance(tag, str) and tag.startswith("license:"):
-            return tag[len("license:"):]
+            return tag[len("license:") :]
     return None
 
 
@@ -367,7 +374,9 @@ def _top(path: str) -> str:
 
 def _is_embedding(path: str) -> bool:
     low = path.lower()
-    return low.endswith(".pti") or low.endswith("_emb.safetensors") or low.rsplit("/", 1)[-1] == "embeddings.safetensors"
+    return (
+        low.endswith(".pti") or low.endswith("_emb.safetensors") or low.rsplit("/", 1)[-1] == "embeddings.safetensors"
+    )
 
 
 @dataclass(frozen=True)
@@ -433,10 +442,10 @@ def choose_weight(files: Sequence[str], card: Mapping[str, Any], widget_data: An
 def iso_utc(when: datetime | float) -> str:
     """A datetime (naive means UTC) or a POSIX timestamp as ``YYYY-MM-DDTHH:MM:SSZ``, the one format entries use."""
     if not isinstance(when, datetime):
-        when = datetime.fromtimestamp(float(when), tz=timezone.utc)
+        when = datetime.fromtimestamp(float(when), tz=UTC)
     elif when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_absolute_url(value: str) -> bool:

@@ -34,7 +34,7 @@ import re
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -51,7 +51,16 @@ logger = logging.getLogger(__name__)
 
 # What the listing asks for: everything an entry needs, in one request per page.
 LIST_EXPAND = [
-    "author", "cardData", "downloads", "gated", "lastModified", "likes", "sha", "siblings", "tags", "widgetData",
+    "author",
+    "cardData",
+    "downloads",
+    "gated",
+    "lastModified",
+    "likes",
+    "sha",
+    "siblings",
+    "tags",
+    "widgetData",
 ]
 
 
@@ -111,7 +120,7 @@ class HubSource:
 
     def __init__(
         self,
-        api: "HfApi | None" = None,
+        api: HfApi | None = None,
         *,
         endpoint: str | None = None,
         token: str | bool | None = None,
@@ -219,7 +228,9 @@ class HubSource:
         api = self.api
         infos: dict[str, Any] = {}
         for info in api.list_models(
-            filter=["lora", f"base_model:adapter:{base_model}"], sort="downloads", limit=self.max_entries,
+            filter=["lora", f"base_model:adapter:{base_model}"],
+            sort="downloads",
+            limit=self.max_entries,
             expand=LIST_EXPAND,
         ):
             if cancel.is_set():
@@ -227,7 +238,9 @@ class HubSource:
             infos.setdefault(info.id, info)
         extras: list[str] = []
         for info in api.list_models(
-            filter=["lora", f"base_model:{base_model}"], sort="downloads", limit=self.max_entries,
+            filter=["lora", f"base_model:{base_model}"],
+            sort="downloads",
+            limit=self.max_entries,
             expand=["downloads"],
         ):
             if cancel.is_set():
@@ -256,11 +269,12 @@ class HubSource:
             else:
                 entries.append(entry)
         if excluded:
-            logger.info("left out %d repos whose card names another base model: %s", len(excluded),
-                        ", ".join(excluded[:10]))
-        return HubListing(tuple(entries), datetime.now(timezone.utc), tuple(excluded))
+            logger.info(
+                "left out %d repos whose card names another base model: %s", len(excluded), ", ".join(excluded[:10])
+            )
+        return HubListing(tuple(entries), datetime.now(UTC), tuple(excluded))
 
-    def _entry(self, info: "ModelInfo", base_model: str) -> CatalogueEntry | None:
+    def _entry(self, info: ModelInfo, base_model: str) -> CatalogueEntry | None:
         card_data = info.card_data.to_dict() if info.card_data is not None else {}
         tags = tuple(t for t in info.tags or () if isinstance(t, str))
         if not serves_base(base_models_of(card_data, tags), base_model):

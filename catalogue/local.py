@@ -1,7 +1,7 @@
 """The local source: a folder of adapters laid out like Hub repos, read into catalogue entries.
 
 For: scanning ``<root>/<owner>/<name>/`` folders (a ``README.md`` card, the weight file, images), such as
-the demo LoRAs that ``lora_engine.torch_demo`` writes under ``<demo root>/loras``. Entries have
+the demo LoRAs that ``lora_engine.demo.model`` writes under ``<demo root>/loras``. Entries have
 ``source="local"``, ``local_dir`` set, no downloads or likes, and a thumbnail that is a local file path.
 
 Not for: downloading, validating weights (the engine does that when it loads one) or the Hub.
@@ -52,8 +52,9 @@ class LocalSource:
             LocalSourceError: ``root`` is missing, not a folder, or cannot be listed.
         """
         if not self.root.is_dir():
-            raise LocalSourceError(f"local adapters folder {str(self.root)!r} does not exist or is not a folder",
-                                   str(self.root))
+            raise LocalSourceError(
+                f"local adapters folder {str(self.root)!r} does not exist or is not a folder", str(self.root)
+            )
         try:
             owners = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         except OSError as e:
@@ -77,7 +78,8 @@ class LocalSource:
 
     def _read(self, folder: Path, repo_id: str, base_model: str) -> CatalogueEntry | None:
         paths = [
-            p for p in folder.rglob("*")
+            p
+            for p in folder.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         ]
         if not paths:

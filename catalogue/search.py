@@ -190,7 +190,7 @@ class SearchIndex:
             order = self._order[sort]
             if servable_only:
                 order = tuple(i for i in order if self._servable[i])
-            page = order[offset: offset + limit]
+            page = order[offset : offset + limit]
             return SearchPage(tuple(self.entries[i] for i in page), len(order), query, sort, limit, offset)
 
         hay = self._hay
@@ -223,5 +223,5 @@ class SearchIndex:
         n = len(hay) or 1
         rank = self._rank[sort]
         ordered = sorted(cands, key=lambda i: rank[i] - score[i] * n)
-        page = ordered[offset: offset + limit]
+        page = ordered[offset : offset + limit]
         return SearchPage(tuple(self.entries[i] for i in page), len(ordered), query, sort, limit, offset)

@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .entries import CatalogueEntry, iso_utc
@@ -123,7 +123,7 @@ def read_snapshot(path: Path | str, base_model: str | None = None) -> Snapshot:
     if base_model is not None and saved_base != base_model:
         raise SnapshotError(f"snapshot {path} is for base model {saved_base!r}, not {base_model!r}", str(path))
     try:
-        saved_at = datetime.strptime(str(data.get("saved_at")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        saved_at = datetime.strptime(str(data.get("saved_at")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError as e:
         raise SnapshotError(f"snapshot {path} has a bad saved_at {data.get('saved_at')!r}", str(path)) from e
     endpoint = data.get("endpoint")

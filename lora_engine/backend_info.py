@@ -1,7 +1,7 @@
 """What the engine loaded, as the app, results and a cluster's ingress describe it: one frozen dataclass.
 
 What this is for: the facts about a loaded base model that code without torch needs (the app's defaults, the
-Ray ingress's routing by base model). ``torch_backend`` fills it when it loads the pipeline and re-exports it.
+Ray ingress's routing by base model). ``pipeline.backend`` fills it when it loads the pipeline and re-exports it.
 What it is not for: configuration (``config``), or anything that touches the pipeline.
 """
 
@@ -40,15 +40,28 @@ class BackendInfo:
     local_lora_dirs: tuple[str, ...]
 
     @classmethod
-    def describe(cls, config: EngineConfig, *, model_id: str, base_model_id: str, device, dtype, is_demo: bool,
-                 extra_lora_dirs: tuple[str, ...] = ()) -> "BackendInfo":  # fmt: skip
+    def describe(
+        cls,
+        config: EngineConfig,
+        *,
+        model_id: str,
+        base_model_id: str,
+        device,
+        dtype,
+        is_demo: bool,
+        extra_lora_dirs: tuple[str, ...] = (),
+    ) -> BackendInfo:
         """The info for a loaded model: ``config``'s request defaults, or ones that fit the model when unset
         (12 steps at 64 px for the demo, 25 steps at 1024 px for SDXL); ``device``/``dtype`` as torch prints them."""
         return cls(
-            model_id=model_id, base_model_id=base_model_id,
-            accepted_base_models=(base_model_id, *config.extra_base_models), device=str(device),
-            dtype=str(dtype).removeprefix("torch."), is_demo=is_demo,
+            model_id=model_id,
+            base_model_id=base_model_id,
+            accepted_base_models=(base_model_id, *config.extra_base_models),
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            is_demo=is_demo,
             default_steps=config.default_steps or (12 if is_demo else 25),
-            default_side=config.default_side or (64 if is_demo else 1024), default_guidance=config.default_guidance,
+            default_side=config.default_side or (64 if is_demo else 1024),
+            default_guidance=config.default_guidance,
             local_lora_dirs=(*config.local_lora_dirs, *extra_lora_dirs),
-        )  # fmt: skip
+        )

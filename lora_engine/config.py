@@ -76,7 +76,8 @@ class EngineConfig:
     max_side: int = 2048
     max_steps: int = 100
     max_prompt_chars: int = 4000
-    # Defaults for requests that leave them out. None: chosen for the model (1024 px/25 steps SDXL, 64 px/12 steps demo).
+    # Defaults for requests that leave them out. None: chosen for the model (1024 px/25 steps SDXL, 64 px/12 steps
+    # demo).
     default_steps: int | None = None
     default_side: int | None = None
     default_guidance: float = 5.0
@@ -88,8 +89,7 @@ class EngineConfig:
             raise ConfigError(f"LORA_ENGINE_DTYPE must be one of {', '.join(_DTYPES)} but is {self.dtype!r}")
         if self.originals_device not in _ORIGINALS:
             raise ConfigError(
-                f"LORA_ENGINE_ORIGINALS_DEVICE must be one of {', '.join(_ORIGINALS)} "
-                f"but is {self.originals_device!r}"
+                f"LORA_ENGINE_ORIGINALS_DEVICE must be one of {', '.join(_ORIGINALS)} but is {self.originals_device!r}"
             )
         if self.swap_kernel not in _SWAP_KERNELS:
             raise ConfigError(
@@ -108,7 +108,7 @@ class EngineConfig:
             )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "EngineConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> EngineConfig:
         """Read ``MODEL_ID``/``BASE_MODEL_ID`` and ``LORA_ENGINE_<FIELD>`` variables once.
 
         Args:
@@ -142,7 +142,7 @@ class EngineConfig:
             )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace | Sequence[str] | None = None, environ=None) -> "EngineConfig":
+    def from_args(cls, args: argparse.Namespace | Sequence[str] | None = None, environ=None) -> EngineConfig:
         """Environment first, then CLI flags (from ``add_arguments``) on top."""
         if args is None or isinstance(args, (list, tuple)):
             parser = argparse.ArgumentParser()
@@ -151,7 +151,7 @@ class EngineConfig:
         overrides = {f.name: getattr(args, f.name, None) for f in fields(cls)}
         return cls.from_env(environ, **overrides)
 
-    def replace(self, **changes) -> "EngineConfig":
+    def replace(self, **changes) -> EngineConfig:
         return replace(self, **changes)
 
 

@@ -7,12 +7,12 @@ wait), finds its adapter in the cache tiers (device -> RAM -> disk -> Hub), swap
 and resolves the future. A prefetch thread meanwhile fetches and parses the adapter of the request the
 scheduler will pick next, into the RAM tier, without touching the pipeline.
 
-What it is not for: torch. This module imports none; the backend (``torch_backend.DiffusersBackend``) and
-the fetcher (``hub_fetch.AdapterFetcher``) are handed in, which is what lets the engine's threading be
+What it is not for: torch. This module imports none; the backend (``pipeline.backend.DiffusersBackend``) and
+the fetcher (``adapters.fetch.AdapterFetcher``) are handed in, which is what lets the engine's threading be
 tested on its own and lets embedding applications pass a pipeline they built (``Engine.from_pipeline``).
 
 Cache tiers, keyed by ``AdapterKey`` (repo, file, revision sha):
-    disk    huggingface_hub's cache, pinned to the resolved sha (``hub_fetch``);
+    disk    huggingface_hub's cache, pinned to the resolved sha (``adapters.fetch``);
     ram     parsed and validated factors in host memory, LRU by bytes (``ram_cache_bytes``);
     device  factors on the weights' device and dtype, LRU by bytes (``device_cache_bytes``); the adapter in
             the weights is pinned there.
@@ -159,9 +159,14 @@ class Engine:
         self.metrics.digest_ok.set(1)
         self.metrics.originals_bytes.set(backend.swapper.originals_bytes)
         self.metrics.model.info(
-            {"model_id": self.info.model_id, "base_model_id": self.info.base_model_id, "device": self.info.device,
-             "dtype": self.info.dtype, "base_digest": self.base_digest}
-        )  # fmt: skip
+            {
+                "model_id": self.info.model_id,
+                "base_model_id": self.info.base_model_id,
+                "device": self.info.device,
+                "dtype": self.info.dtype,
+                "base_digest": self.base_digest,
+            }
+        )
         self._inline_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=_PREFETCH_THREADS, thread_name_prefix="lora-prefetch")
         self._worker = threading.Thread(target=self._work, name="lora-engine-worker", daemon=True)
@@ -170,14 +175,14 @@ class Engine:
     # -- construction ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "Engine":
+    def from_config(cls, config: EngineConfig) -> Engine:
         """Load the pipeline ``config`` names (the demo model when ``MODEL_ID`` is unset on a CPU)."""
-        from .torch_backend import DiffusersBackend
+        from .pipeline.backend import DiffusersBackend
 
         return cls._with_backend(DiffusersBackend.from_config(config), config)
 
     @classmethod
-    def from_pipeline(cls, pipeline, *, base_model_id: str, model_id: str | None = None, **options) -> "Engine":
+    def from_pipeline(cls, pipeline, *, base_model_id: str, model_id: str | None = None, **options) -> Engine:
         """Serve a pipeline the caller built (benchmarks, embedding applications).
 
         Args:
@@ -186,22 +191,29 @@ class Engine:
             model_id (`str`, *optional*): a label for it; defaults to ``base_model_id``.
             options: any ``EngineConfig`` field (``max_queue=``, ``local_lora_dirs=``, ...).
         """
-        from .torch_backend import BackendInfo, DiffusersBackend
+        from .pipeline.backend import BackendInfo, DiffusersBackend
 
         config = EngineConfig(base_model_id=base_model_id, **options)
         info = BackendInfo.describe(
-            config, model_id=model_id or base_model_id, base_model_id=base_model_id, device=pipeline.device,
-            dtype=pipeline.unet.dtype, is_demo=False,
-        )  # fmt: skip
+            config,
+            model_id=model_id or base_model_id,
+            base_model_id=base_model_id,
+            device=pipeline.device,
+            dtype=pipeline.unet.dtype,
+            is_demo=False,
+        )
         backend = DiffusersBackend(
-            pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,
+            pipeline,
+            info,
+            originals_device=config.originals_device,
+            eager_originals=config.eager_originals,
             swap_kernel=config.swap_kernel,
-        )  # fmt: skip
+        )
         return cls._with_backend(backend, config)
 
     @classmethod
-    def _with_backend(cls, backend, config: EngineConfig) -> "Engine":
-        from .hub_fetch import AdapterFetcher
+    def _with_backend(cls, backend, config: EngineConfig) -> Engine:
+        from .adapters.fetch import AdapterFetcher
 
         fetcher = AdapterFetcher(
             accepted_base_models=backend.info.accepted_base_models,
@@ -289,7 +301,7 @@ class Engine:
         """Fetch and parse an adapter into the RAM tier now, on the calling thread; the weights are untouched.
 
         For hosts that decide which adapters a process holds, such as Ray Serve's multiplexed loader
-        (``ray_serving``): what they count as loaded is then what this engine holds. Waits for a fetch of the
+        (``serving.cluster``): what they count as loaded is then what this engine holds. Waits for a fetch of the
         same adapter already in progress rather than fetching it twice.
 
         Returns:
@@ -591,7 +603,7 @@ class Engine:
                 inflight.done.set()
 
     def _parse(self, adapter_id: str, path):
-        from .torch_adapters import load_adapter_file, parse_lora_state_dict
+        from .adapters.parse import load_adapter_file, parse_lora_state_dict
 
         tensors, metadata = load_adapter_file(adapter_id, path, max_bytes=self.config.max_adapter_bytes)
         return parse_lora_state_dict(adapter_id, tensors, metadata, self.backend.index)

@@ -116,7 +116,7 @@ class ConfigError(EngineError, ValueError):
 
 class ReplicaUnavailable(EngineError, RuntimeError):
     """Raised when the Ray Serve replica running a request died or became unreachable, and the retries on
-    other replicas ran out too (``lora_engine.ray_serving``)."""
+    other replicas ran out too (``lora_engine.serving.cluster``)."""
 
     kind = "replica_unavailable"
     client_error = False

@@ -24,9 +24,12 @@ class EngineMetrics:
         self.requests = Counter("lora_engine_requests", "Requests finished, by outcome.", ["outcome"], registry=r)
         self.queue_depth = Gauge("lora_engine_queue_depth", "Requests waiting.", registry=r)
         self.queue_wait = Histogram(
-            "lora_engine_queue_wait_seconds", "Time waiting in the queue, by adapter.", ["adapter"], registry=r,
+            "lora_engine_queue_wait_seconds",
+            "Time waiting in the queue, by adapter.",
+            ["adapter"],
+            registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120),
-        )  # fmt: skip
+        )
         # Not "wait beyond FIFO" itself: from a request's first overtake to its start, which also counts
         # older requests that FIFO would have run first. The scheduler's bound is on younger requests' work.
         self.max_overtaken = Gauge(
@@ -37,9 +40,11 @@ class EngineMetrics:
         )
         self.swaps = Counter("lora_engine_swaps", "Adapter swaps written into the weights.", registry=r)
         self.swap_seconds = Histogram(
-            "lora_engine_swap_seconds", "Time per swap.", registry=r,
+            "lora_engine_swap_seconds",
+            "Time per swap.",
+            registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-        )  # fmt: skip
+        )
         self.fetch_seconds = Histogram("lora_engine_fetch_seconds", "Time resolving+downloading+parsing.", registry=r)
         self.inference_seconds = Histogram("lora_engine_inference_seconds", "Time in the pipeline.", registry=r)
         self.cache_lookups = Counter(

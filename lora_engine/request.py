@@ -6,8 +6,8 @@ checks every field in a fixed order and returns a *resolved* request (defaults f
 drawn) or raises :class:`~lora_engine.errors.InvalidRequest` naming the rule and the value. Nothing is
 clamped or fixed silently (diffusers' "do not guess user intent").
 
-What it is not for: checking that an adapter is usable (that needs the Hub and the file: ``hub_fetch``,
-``torch_adapters``); only the *syntax* of its id is checked here, by :func:`check_adapter_id`.
+What it is not for: checking that an adapter is usable (that needs the Hub and the file: ``adapters.fetch``,
+``adapters.parse``); only the *syntax* of its id is checked here, by :func:`check_adapter_id`.
 
 Decisions worth knowing:
 - An empty prompt is allowed: SDXL then draws unconditionally (what diffusers does with ``prompt=""``).
@@ -217,9 +217,7 @@ def _as_text(name: str, value: Any, max_chars: int) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(f"`{name}` must be a string but is {type(value).__name__} {value!r}", field=name)
     if len(value) > max_chars:
-        raise InvalidRequest(
-            f"`{name}` must be at most {max_chars} characters but has {len(value)}", field=name
-        )
+        raise InvalidRequest(f"`{name}` must be at most {max_chars} characters but has {len(value)}", field=name)
     if "\x00" in value:
         raise InvalidRequest(f"`{name}` must not contain NUL characters", field=name)
     return value

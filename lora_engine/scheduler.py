@@ -64,7 +64,8 @@ For every request R that is overtaken (one never overtaken is never delayed by a
 
 When several requests are overtaken, each is measured from its own ``t_R``, and those overtaken by
 the same decision share it. Once the oldest is due, the due ones run oldest first without
-regrouping: a younger request for the adapter just loaded does not jump the others that are due. The runs of older overtaken requests between R's deadline and R's start are not
+regrouping: a younger request for the adapter just loaded does not jump the others that are due. The runs of older
+overtaken requests between R's deadline and R's start are not
 charged to R's bound: FIFO would have run them before R as well. (G2)'s comparison with FIFO
 assumes order-independent run times; with real swap costs FIFO would swap more, not less.
 
@@ -245,9 +246,7 @@ class SchedulerState(Generic[P]):
         if rank:
             self._out_of_order += 1
         self._max_overtaken_s = max(self._max_overtaken_s, waited)
-        return Dispatch(
-            ticket=entry.ticket, payload=entry.payload, fifo_rank=rank, waited_beyond_fifo_s=waited
-        )
+        return Dispatch(ticket=entry.ticket, payload=entry.payload, fifo_rank=rank, waited_beyond_fifo_s=waited)
 
     # ------------------------------------------------------------------ queries
 

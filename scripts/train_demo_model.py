@@ -1,7 +1,7 @@
 """Train the built-in demo model and its four LoRAs on the synthetic scenes, on a CPU, in well under an hour.
 
-What it is for: reproducing ``lora_engine/demo_weights/`` (issue #8). It starts from the tiny SDXL
-architecture of :func:`lora_engine.torch_demo.build_demo_pipeline` and trains, in three stages,
+What it is for: reproducing ``lora_engine/demo/weights/`` (issue #8). It starts from the tiny SDXL
+architecture of :func:`lora_engine.demo.model.build_demo_pipeline` and trains, in three stages,
 
 1. ``vae``: the AutoencoderKL, to reconstruct scenes (plain and with every effect); then sets its
    ``scaling_factor`` to 1 / std of the latents, as SD's authors did;
@@ -12,7 +12,7 @@ architecture of :func:`lora_engine.torch_demo.build_demo_pipeline` and trains, i
 3. ``loras``: one LoRA per ``DEMO_LORAS`` entry, with PEFT's ``add_adapter(LoraConfig)`` on the UNet (and
    on both text encoders where the spec has a text-encoder rank), on pictures with the LoRA's effect and
    captions that start with its trigger word. PEFT-format files are written by diffusers'
-   ``save_lora_weights``; kohya ones with SDXL's original block names by ``torch_demo.unet_lora_entries``.
+   ``save_lora_weights``; kohya ones with SDXL's original block names by ``demo.model.unet_lora_entries``.
 
 The text encoders stay frozen (random but fixed): their outputs still tell the words apart, and the UNet
 learns to read them. Everything is seeded; a rerun on the same torch build gives the same weights.
@@ -28,7 +28,6 @@ import json
 import logging
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -36,10 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lora_engine.demo_data import COLOURS, SHAPES, draw, prompt_grid, sample_scenes  # noqa: E402
-from lora_engine.torch_demo import (  # noqa: E402
+from lora_engine.demo.data import draw, prompt_grid, sample_scenes
+from lora_engine.demo.model import (
     DEMO_LORAS,
     DEMO_RESOLUTION,
     DEMO_WEIGHTS_DIR,
@@ -51,7 +48,9 @@ from lora_engine.torch_demo import (  # noqa: E402
 
 logger = logging.getLogger("train_demo_model")
 
-TIME_IDS = torch.tensor([[DEMO_RESOLUTION, DEMO_RESOLUTION, 0, 0, DEMO_RESOLUTION, DEMO_RESOLUTION]], dtype=torch.float32)
+TIME_IDS = torch.tensor(
+    [[DEMO_RESOLUTION, DEMO_RESOLUTION, 0, 0, DEMO_RESOLUTION, DEMO_RESOLUTION]], dtype=torch.float32
+)
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 TRIGGERS = [spec.trigger_words for spec in DEMO_LORAS]
 
@@ -74,7 +73,9 @@ class TextCache:
 
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pipe = self.pipe
-        ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         h1 = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
         out2 = pipe.text_encoder_2(ids, output_hidden_states=True)
         embeds = torch.cat([h1, out2.hidden_states[-2]], dim=-1)
@@ -99,7 +100,8 @@ def train_vae(pipe, args) -> dict:
     from diffusers.optimization import get_scheduler
 
     scenes = sample_scenes(args.vae_pool, seed=100)
-    # Some plain (2 parts in 6 by default), the rest spread over the effects: the decoder must draw what the LoRAs ask for too
+    # Some plain (2 parts in 6 by default), the rest spread over the effects: the decoder must draw what the LoRAs ask
+    # for too
     # (inverted colours, 8-pixel blocks), or no LoRA can show them.
     effects = [None] * args.vae_plain_parts + ["outline", "stripes", "inverted", "pixelate"]
     data = torch.cat([pictures(scenes[i :: len(effects)], e) for i, e in enumerate(effects)])
@@ -122,14 +124,24 @@ def train_vae(pipe, args) -> dict:
             logger.info("vae step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - t0)
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(data[i : i + 256]).latent_dist.sample(generator=gen) for i in range(0, min(1024, len(data)), 256)])
+        latents = torch.cat(
+            [
+                vae.encode(data[i : i + 256]).latent_dist.sample(generator=gen)
+                for i in range(0, min(1024, len(data)), 256)
+            ]
+        )
         factor = float(1 / latents.std())
         vae.register_to_config(scaling_factor=factor)
         check = pictures(sample_scenes(64, seed=102), None)
         err = float((vae.decode(vae.encode(check).latent_dist.mode()).sample - check).abs().mean())
     logger.info("vae scaling_factor %.4f, held-out mean abs error %.4f", factor, err)
-    return {"steps": args.vae_steps, "seconds": round(time.time() - t0), "scaling_factor": factor,
-            "heldout_mean_abs_error": err, "loss": log}  # fmt: skip
+    return {
+        "steps": args.vae_steps,
+        "seconds": round(time.time() - t0),
+        "scaling_factor": factor,
+        "heldout_mean_abs_error": err,
+        "loss": log,
+    }
 
 
 def encode_latents(vae, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +180,9 @@ def denoise_loop(pipe, unet, params, args, latents, stds, captions_for, steps: i
         noise = noise + args.noise_offset * torch.randn((z.shape[0], z.shape[1], 1, 1), generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (args.batch,), generator=gen)
         noisy = noise_scheduler.add_noise(z, noise, t)
-        pred = unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": TIME_IDS.repeat(args.batch, 1)}).sample
+        pred = unet(
+            noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": TIME_IDS.repeat(args.batch, 1)}
+        ).sample
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=args.snr_gamma) / snr
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
@@ -215,34 +229,61 @@ def train_lora(pipe, spec: DemoLora, args) -> dict:
     for model in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
         model.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    pipe.unet.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian",
-                                     target_modules=list(UNET_LORA_TARGETS)))  # fmt: skip
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=spec.rank, lora_alpha=spec.rank, init_lora_weights="gaussian", target_modules=list(UNET_LORA_TARGETS)
+        )
+    )
     encoders = (pipe.text_encoder, pipe.text_encoder_2) if spec.text_encoder_rank else ()
     for encoder in encoders:
         # PEFT's injector directly: transformers' ``add_adapter`` wants a newer PEFT than diffusers pins.
-        inject_adapter_in_model(LoraConfig(r=spec.text_encoder_rank, lora_alpha=spec.text_encoder_rank,
-                                           init_lora_weights="gaussian", target_modules=TEXT_TARGETS), encoder)  # fmt: skip
+        inject_adapter_in_model(
+            LoraConfig(
+                r=spec.text_encoder_rank,
+                lora_alpha=spec.text_encoder_rank,
+                init_lora_weights="gaussian",
+                target_modules=TEXT_TARGETS,
+            ),
+            encoder,
+        )
     params = [p for m in (pipe.unet, *encoders) for p in m.parameters() if p.requires_grad]
     args.stage, args.train_text = "lora", bool(encoders)
     log = denoise_loop(
-        pipe, pipe.unet, params, args, latents, stds,
-        lambda i, rng: f"{spec.trigger_words}, {scenes[i].caption}", args.lora_steps, 301 + spec.seed,
-    )  # fmt: skip
+        pipe,
+        pipe.unet,
+        params,
+        args,
+        latents,
+        stds,
+        lambda i, rng: f"{spec.trigger_words}, {scenes[i].caption}",
+        args.lora_steps,
+        301 + spec.seed,
+    )
     unet_layers = get_peft_model_state_dict(pipe.unet)
     te_layers = [get_peft_model_state_dict(e) for e in encoders]
-    return {"steps": args.lora_steps, "seconds": round(time.time() - t0), "loss": log,
-            "unet_layers": unet_layers, "text_encoder_layers": te_layers}  # fmt: skip
+    return {
+        "steps": args.lora_steps,
+        "seconds": round(time.time() - t0),
+        "loss": log,
+        "unet_layers": unet_layers,
+        "text_encoder_layers": te_layers,
+    }
 
 
 def evaluate(pipe, out: Path, steps: int) -> dict:
     """Judge the base model on the prompt grid (all colours x shapes x backgrounds, 2 seeds)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.support.judge import judge
+    from lora_engine.demo.judge import judge
 
     grid = list(prompt_grid())
     prompts = [s.caption for s in grid for _ in (0, 1)]
-    images = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, width=64, height=64,
-                  generator=[torch.Generator().manual_seed(k) for k in range(len(prompts))]).images  # fmt: skip
+    images = pipe(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        width=64,
+        height=64,
+        generator=[torch.Generator().manual_seed(k) for k in range(len(prompts))],
+    ).images
     right = 0
     for i, image in enumerate(images):
         s, v = grid[i // 2], judge(image)
@@ -257,17 +298,22 @@ def render_readme_sheet(weights: Path, out: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
     from PIL import Image, ImageDraw
 
-    from lora_engine.torch_demo import render_sheet
+    from lora_engine.demo.model import render_sheet
 
-    captions = ["a red circle on a white background", "a blue square on a black background",
-                "a yellow triangle on a white background", "a green square on a white background",
-                "a red triangle on a black background", "a blue circle on a white background"]  # fmt: skip
+    captions = [
+        "a red circle on a white background",
+        "a blue square on a black background",
+        "a yellow triangle on a white background",
+        "a green square on a white background",
+        "a red triangle on a black background",
+        "a blue circle on a white background",
+    ]
     pipe = StableDiffusionXLPipeline.from_pretrained(weights / "model")
     pipe.set_progress_bar_config(disable=True)
     rows = [("base model", render_sheet(pipe, captions, columns=len(captions)))]
     for spec in DEMO_LORAS:
         sheet = render_sheet(pipe, captions, spec=spec, folder=weights / "loras" / spec.repo_id, columns=len(captions))
-        rows.append((f"{spec.repo_id}\n\"{spec.trigger_words}, ...\"", sheet))
+        rows.append((f'{spec.repo_id}\n"{spec.trigger_words}, ..."', sheet))
     label_w, zoom = 150, 2
     width = label_w + rows[0][1].width * zoom
     canvas = Image.new("RGB", (width, len(rows) * 64 * zoom), (245, 245, 245))
@@ -293,8 +339,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS_DIR, help="where the weights go")
     parser.add_argument("--work", type=Path, default=Path("bench/out/train"), help="checkpoints and eval sheets")
-    parser.add_argument("--stages", default="vae,unet,loras,readme",
-                        help="comma-separated: vae, unet, loras, readme (the README's picture)")
+    parser.add_argument(
+        "--stages",
+        default="vae,unet,loras,readme",
+        help="comma-separated: vae, unet, loras, readme (the README's picture)",
+    )
     parser.add_argument("--only", default="", help="train only these LoRA repo ids (comma-separated)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vae-steps", type=int, default=1200)
@@ -355,8 +404,13 @@ def main(argv=None) -> None:
             pipe = StableDiffusionXLPipeline.from_pretrained(args.out / "model")
             pipe.set_progress_bar_config(disable=True)
             result = train_lora(pipe, spec, args)
-            save_demo_lora(pipe, spec, result.pop("unet_layers"), result.pop("text_encoder_layers"),
-                           args.out / "loras" / spec.repo_id)  # fmt: skip
+            save_demo_lora(
+                pipe,
+                spec,
+                result.pop("unet_layers"),
+                result.pop("text_encoder_layers"),
+                args.out / "loras" / spec.repo_id,
+            )
             report.setdefault("loras", {})[spec.repo_id] = result
     if "readme" in stages:
         render_readme_sheet(args.out, Path("docs/demo-base-vs-loras.png"))

@@ -18,7 +18,7 @@ from pathlib import Path
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="lora-tests-"))
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 
-from tests.support.fake_hub import FakeHub, start_for_this_process  # noqa: E402  (stdlib + yaml: no huggingface_hub)
+from lora_engine.testing.loopback_hub import FakeHub, start_for_this_process  # noqa: E402  (stdlib + yaml: no huggingface_hub)
 
 _HUB = start_for_this_process(_SESSION_DIR)
 _HUB_URL = _HUB.url
@@ -68,7 +68,7 @@ def hub_root() -> Path:
 @pytest.fixture(scope="session")
 def demo_assets():
     """The built-in demo model and LoRAs, built once per session (a few seconds) into the session cache."""
-    from lora_engine.torch_demo import ensure_demo_assets
+    from lora_engine.demo.model import ensure_demo_assets
 
     return ensure_demo_assets(_SESSION_DIR / "demo")
 
@@ -100,13 +100,19 @@ def served_app(demo_assets, hub_root, tmp_path_factory):
     """``python app.py`` as a CPU machine runs it, with a Hub LoRA for the demo base published too."""
     from catalogue import Catalogue, HubSource, LocalSource
     from lora_engine import Engine, EngineConfig
-    from lora_engine.torch_demo import DEMO_BASE_MODEL_ID
-    from tests.support.loras import lora_card, publish
+    from lora_engine.demo.model import DEMO_BASE_MODEL_ID
+    from lora_engine.testing.lora_files import lora_card, publish
     from tests.support.serving import HUB_LORA, serve
 
     data = (demo_assets.lora_dir("demo/pixel-blocks") / "pixel-blocks-xl.safetensors").read_bytes()
-    publish(hub_root, HUB_LORA, {"tiny-hub.safetensors": data},
-            card=lora_card(base_model=DEMO_BASE_MODEL_ID, trigger="hub style"), downloads=5, likes=2)  # fmt: skip
+    publish(
+        hub_root,
+        HUB_LORA,
+        {"tiny-hub.safetensors": data},
+        card=lora_card(base_model=DEMO_BASE_MODEL_ID, trigger="hub style"),
+        downloads=5,
+        likes=2,
+    )
     engine = Engine.from_config(
         EngineConfig(demo_dir=str(demo_assets.root), hub_cache_dir=str(tmp_path_factory.mktemp("hf")), max_queue=8)
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lora_engine.demo_data import SHAPES, Scene, draw, prompt_grid, sample_scenes
-from tests.support.judge import judge
+from lora_engine.demo.data import SHAPES, Scene, draw, prompt_grid, sample_scenes
+from lora_engine.demo.judge import judge
 
 
 def test_captions_have_the_promised_form():
@@ -32,7 +32,9 @@ def test_the_judge_is_right_on_every_grid_scene_and_on_random_training_scenes():
     for scene in list(prompt_grid()) + sample_scenes(200, seed=0):
         verdict = judge(draw(scene))
         assert (verdict.colour, verdict.shape, verdict.background) == (scene.colour, scene.shape, scene.background), (
-            scene, verdict)
+            scene,
+            verdict,
+        )
 
 
 def test_the_judge_sees_no_shape_in_a_blank_image():
@@ -44,8 +46,8 @@ def test_the_judge_sees_no_shape_in_a_blank_image():
 
 @pytest.mark.parametrize("effect", ["outline", "stripes", "inverted", "pixelate"])
 def test_the_effect_judge_tells_each_effect_from_plain_and_from_the_others(effect):
-    from lora_engine.demo_data import EFFECTS
-    from tests.support.judge import has_effect
+    from lora_engine.demo.data import EFFECTS
+    from lora_engine.demo.judge import has_effect
 
     for scene in list(prompt_grid()) + sample_scenes(100, seed=3):
         assert has_effect(draw(scene, effect=effect), effect, scene), (scene, effect)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from lora_engine import GenerationRequest
-from lora_engine.demo_data import prompt_grid
-from lora_engine.torch_demo import DEMO_LORAS
-from tests.support.judge import has_effect, judge
+from lora_engine.demo.data import prompt_grid
+from lora_engine.demo.judge import has_effect, judge
+from lora_engine.demo.model import DEMO_LORAS
 
 # Seed 0 on white, seed 1 on black: every colour x shape twice, both backgrounds, 24 pictures.
 GRID = [(scene, 0 if scene.background == "white" else 1) for scene in prompt_grid()]
@@ -38,8 +38,14 @@ def _draw(pipe, demo_assets, spec=None, scale: float = 1.0) -> list:
         pipe.load_lora_weights(str(demo_assets.lora_dir(spec.repo_id)), weight_name=spec.weight_name, adapter_name="j")
         pipe.set_adapters("j", scale)
     try:
-        return pipe(prompts, num_inference_steps=12, guidance_scale=5.0, width=64, height=64,
-                    generator=[torch.Generator().manual_seed(seed) for _, seed in GRID]).images  # fmt: skip
+        return pipe(
+            prompts,
+            num_inference_steps=12,
+            guidance_scale=5.0,
+            width=64,
+            height=64,
+            generator=[torch.Generator().manual_seed(seed) for _, seed in GRID],
+        ).images
     finally:
         if spec is not None:
             pipe.unload_lora_weights()
@@ -47,8 +53,11 @@ def _draw(pipe, demo_assets, spec=None, scale: float = 1.0) -> list:
 
 def test_the_base_model_draws_the_asked_colour_shape_and_background(pipe, demo_assets):
     images = _draw(pipe, demo_assets)
-    wrong = [(s.caption, seed, judge(im)) for (s, seed), im in zip(GRID, images)
-             if (judge(im).colour, judge(im).shape, judge(im).background) != (s.colour, s.shape, s.background)]  # fmt: skip
+    wrong = [
+        (s.caption, seed, judge(im))
+        for (s, seed), im in zip(GRID, images)
+        if (judge(im).colour, judge(im).shape, judge(im).background) != (s.colour, s.shape, s.background)
+    ]
     assert len(wrong) <= (1 - PASS) * len(GRID), wrong
     # and it is no LoRA's effect by accident
     for spec in DEMO_LORAS:
@@ -74,8 +83,11 @@ def test_the_serving_engine_shows_the_same_effects(demo_assets, tmp_path):
         base = engine.generate(GenerationRequest(scene.caption, seed=seed), timeout=120).image
         for spec in DEMO_LORAS:
             prompt = f"{spec.trigger_words}, {scene.caption}"
-            assert has_effect(engine.generate(GenerationRequest(prompt, lora=spec.repo_id, seed=seed), timeout=120).image,
-                              spec.effect, scene), spec.repo_id  # fmt: skip
+            assert has_effect(
+                engine.generate(GenerationRequest(prompt, lora=spec.repo_id, seed=seed), timeout=120).image,
+                spec.effect,
+                scene,
+            ), spec.repo_id
             zero = engine.generate(GenerationRequest(prompt, lora=spec.repo_id, lora_scale=0.0, seed=seed), timeout=120)
             plain = engine.generate(GenerationRequest(prompt, seed=seed), timeout=120)
             assert np.array_equal(np.asarray(zero.image), np.asarray(plain.image)), spec.repo_id

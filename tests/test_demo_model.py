@@ -9,20 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from lora_engine.torch_demo import (
+from lora_engine.demo.model import (
     DEMO_BASE_MODEL_ID,
     DEMO_LORAS,
     DEMO_WEIGHTS_DIR,
     build_demo_pipeline,
     ensure_demo_assets,
 )
-from lora_engine.torch_swap import weights_digest
-from tests.support.loras import read_tensors
+from lora_engine.pipeline.swap import weights_digest
+from lora_engine.testing.lora_files import read_tensors
 
 
 def _image(pipe, seed=0, prompt="a red circle"):
-    out = pipe(prompt, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(seed),
-               output_type="np")  # fmt: skip
+    out = pipe(
+        prompt,
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
     return out.images[0]
 
 
@@ -56,6 +62,7 @@ def test_the_shipped_weights_are_trained_small_and_loaded_as_shipped(pipe):
     shipped = StableDiffusionXLPipeline.from_pretrained(DEMO_WEIGHTS_DIR / "model")
     assert weights_digest(shipped) == weights_digest(pipe)
     untrained = build_demo_pipeline()
+
     def arch(config):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if not k.startswith("_")}
 
@@ -114,10 +121,11 @@ def test_the_demo_model_loads_from_the_loopback_hub_by_repo_id(demo_assets, hub_
 
 
 def test_sgm_names_of_resnet_and_transformer_layers_follow_sdxl():
-    from lora_engine.torch_demo import _sgm_unet_name
+    from lora_engine.demo.model import _sgm_unet_name
 
     assert _sgm_unet_name("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") == (
-        "input_blocks_4_1_transformer_blocks_0_attn1_to_q")
+        "input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    )
     assert _sgm_unet_name("down_blocks.0.resnets.1.time_emb_proj") == "input_blocks_2_0_emb_layers_1"
     assert _sgm_unet_name("up_blocks.2.resnets.2.time_emb_proj") == "output_blocks_8_0_emb_layers_1"
     assert _sgm_unet_name("mid_block.resnets.1.time_emb_proj") == "middle_block_2_emb_layers_1"
@@ -129,11 +137,13 @@ def test_sgm_names_of_resnet_and_transformer_layers_follow_sdxl():
 @pytest.mark.parametrize("spec", [s for s in DEMO_LORAS if s.key_format == "kohya"], ids=lambda s: s.repo_id)
 def test_kohya_files_cover_every_layer_of_the_peft_training(spec, demo_assets, load_demo_pipeline):
     """Every adapted UNet layer (transformer linears and ResNet time projections) reaches diffusers."""
-    from lora_engine.torch_demo import UNET_LORA_TARGETS
+    from lora_engine.demo.model import UNET_LORA_TARGETS
 
     pipe = load_demo_pipeline()
     folder = demo_assets.lora_dir(spec.repo_id)
-    expected = {n for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(UNET_LORA_TARGETS)}
+    expected = {
+        n for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(UNET_LORA_TARGETS)
+    }
     keys = read_tensors(folder / spec.weight_name)
     assert sum(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys) == len(expected)
     pipe.load_lora_weights(str(folder), weight_name=spec.weight_name, adapter_name="k")

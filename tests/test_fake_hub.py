@@ -1,4 +1,4 @@
-"""The unmodified huggingface_hub client against tests/support/fake_hub.py."""
+"""The unmodified huggingface_hub client against lora_engine/testing/loopback_hub.py."""
 
 import os
 
@@ -25,8 +25,8 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 
+from lora_engine.testing.loopback_hub import FakeHub, write_repo  # noqa: E402
 from tests.support.facts import catalogue_facts_path  # noqa: E402
-from tests.support.fake_hub import FakeHub, write_repo  # noqa: E402
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SD15 = "runwayml/stable-diffusion-v1-5"
@@ -42,26 +42,80 @@ def _date(day: int) -> str:
 def _sdxl_lora_specs() -> list[dict]:
     """SDXL LoRA repos: a few fixed ones plus (when present) some real ids from the shared facts file."""
     specs = [
-        dict(repo_id="nerijs/pixel-art-xl", weight="pixel-art-xl.safetensors", trigger="pixel art",
-             license="creativeml-openrail-m", downloads=17058, likes=134, created=10, modified=40),
-        dict(repo_id="latent-consistency/lcm-lora-sdxl", weight="pytorch_lora_weights.safetensors", trigger=None,
-             license="openrail++", downloads=50211, likes=702, created=200, modified=210, library_name="diffusers"),
-        dict(repo_id="multi/dual-base-lora", weight="dual.safetensors", trigger="dual",
-             license="mit", downloads=12, likes=900, created=5, modified=300,
-             base_model=[SDXL, "stabilityai/stable-diffusion-xl-refiner-1.0"]),
-        dict(repo_id="gatedorg/gated-sdxl-lora", weight="gated.safetensors", trigger="gated style",
-             license="other", downloads=345, likes=3, created=100, modified=101, gated="auto"),
-        dict(repo_id="oldtimer/bin-only-lora", weight="pytorch_lora_weights.bin", trigger="old style",
-             license="openrail", downloads=7, likes=1, created=1, modified=2),
+        dict(
+            repo_id="nerijs/pixel-art-xl",
+            weight="pixel-art-xl.safetensors",
+            trigger="pixel art",
+            license="creativeml-openrail-m",
+            downloads=17058,
+            likes=134,
+            created=10,
+            modified=40,
+        ),
+        dict(
+            repo_id="latent-consistency/lcm-lora-sdxl",
+            weight="pytorch_lora_weights.safetensors",
+            trigger=None,
+            license="openrail++",
+            downloads=50211,
+            likes=702,
+            created=200,
+            modified=210,
+            library_name="diffusers",
+        ),
+        dict(
+            repo_id="multi/dual-base-lora",
+            weight="dual.safetensors",
+            trigger="dual",
+            license="mit",
+            downloads=12,
+            likes=900,
+            created=5,
+            modified=300,
+            base_model=[SDXL, "stabilityai/stable-diffusion-xl-refiner-1.0"],
+        ),
+        dict(
+            repo_id="gatedorg/gated-sdxl-lora",
+            weight="gated.safetensors",
+            trigger="gated style",
+            license="other",
+            downloads=345,
+            likes=3,
+            created=100,
+            modified=101,
+            gated="auto",
+        ),
+        dict(
+            repo_id="oldtimer/bin-only-lora",
+            weight="pytorch_lora_weights.bin",
+            trigger="old style",
+            license="openrail",
+            downloads=7,
+            likes=1,
+            created=1,
+            modified=2,
+        ),
     ]
     if FACTS.exists():
         used = {s["repo_id"] for s in specs}
-        entries = [e for e in json.loads(FACTS.read_text())["entries"]
-                   if e.get("diffusers_compatible") and e.get("weight_name") and e["repo_id"] not in used]
+        entries = [
+            e
+            for e in json.loads(FACTS.read_text())["entries"]
+            if e.get("diffusers_compatible") and e.get("weight_name") and e["repo_id"] not in used
+        ]
         for i, e in enumerate(entries[:3]):
-            specs.append(dict(repo_id=e["repo_id"], weight=e["weight_name"], trigger=e.get("trigger_words"),
-                              license="openrail++", downloads=1000 + 101 * i, likes=20 + i,
-                              created=50 + i, modified=60 + 3 * i))
+            specs.append(
+                dict(
+                    repo_id=e["repo_id"],
+                    weight=e["weight_name"],
+                    trigger=e.get("trigger_words"),
+                    license="openrail++",
+                    downloads=1000 + 101 * i,
+                    likes=20 + i,
+                    created=50 + i,
+                    modified=60 + 3 * i,
+                )
+            )
     return specs
 
 
@@ -80,21 +134,55 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     specs = _sdxl_lora_specs()
     for s in specs:
-        write_repo(root, s["repo_id"], {s["weight"]: b"W" * 64 + s["repo_id"].encode(), "images/a.png": b"\x89PNG"},
-                   card=_card(s), card_body=f"# {s['repo_id']}\n", likes=s["likes"], downloads=s["downloads"],
-                   created_at=_date(s["created"]), last_modified=_date(s["modified"]), gated=s.get("gated", False))
+        write_repo(
+            root,
+            s["repo_id"],
+            {s["weight"]: b"W" * 64 + s["repo_id"].encode(), "images/a.png": b"\x89PNG"},
+            card=_card(s),
+            card_body=f"# {s['repo_id']}\n",
+            likes=s["likes"],
+            downloads=s["downloads"],
+            created_at=_date(s["created"]),
+            last_modified=_date(s["modified"]),
+            gated=s.get("gated", False),
+        )
     # Must never show up in SDXL-LoRA listings:
-    write_repo(root, "sd15fan/sd15-lora", {"lora.safetensors": b"sd15"},
-               card={"license": "mit", "tags": ["lora", "text-to-image"], "base_model": SD15},
-               downloads=99999, likes=9999, created_at=_date(3), last_modified=_date(4))
-    write_repo(root, "finetune/sdxl-finetune", {"unet/diffusion_pytorch_model.safetensors": b"unet"},
-               card={"license": "mit", "tags": ["text-to-image"], "base_model": SDXL},
-               downloads=88888, likes=8888, created_at=_date(6), last_modified=_date(7))
-    write_repo(root, "secret/private-lora", {"p.safetensors": b"private"},
-               card={"license": "mit", "tags": ["lora"], "base_model": SDXL},
-               downloads=77777, private=True, created_at=_date(8), last_modified=_date(9))
-    write_repo(root, "tester/mutable", {"weights.safetensors": b"v1" * 100, "unet/config.json": "{}"},
-               card={"license": "mit", "tags": ["text-to-image"]})
+    write_repo(
+        root,
+        "sd15fan/sd15-lora",
+        {"lora.safetensors": b"sd15"},
+        card={"license": "mit", "tags": ["lora", "text-to-image"], "base_model": SD15},
+        downloads=99999,
+        likes=9999,
+        created_at=_date(3),
+        last_modified=_date(4),
+    )
+    write_repo(
+        root,
+        "finetune/sdxl-finetune",
+        {"unet/diffusion_pytorch_model.safetensors": b"unet"},
+        card={"license": "mit", "tags": ["text-to-image"], "base_model": SDXL},
+        downloads=88888,
+        likes=8888,
+        created_at=_date(6),
+        last_modified=_date(7),
+    )
+    write_repo(
+        root,
+        "secret/private-lora",
+        {"p.safetensors": b"private"},
+        card={"license": "mit", "tags": ["lora"], "base_model": SDXL},
+        downloads=77777,
+        private=True,
+        created_at=_date(8),
+        last_modified=_date(9),
+    )
+    write_repo(
+        root,
+        "tester/mutable",
+        {"weights.safetensors": b"v1" * 100, "unet/config.json": "{}"},
+        card={"license": "mit", "tags": ["text-to-image"]},
+    )
     hub = FakeHub(root)
     hub.start()
     yield types.SimpleNamespace(root=root, hub=hub, url=hub.url, specs=specs, api=HfApi(endpoint=hub.url, token=False))
@@ -146,8 +234,16 @@ def test_list_models_follows_link_header_across_pages(world):
     assert len(world.hub.requests_matching("GET", r"^/api/models\?")) == 2
 
 
-@pytest.mark.parametrize("sort,key", [("likes", "likes"), ("lastModified", "modified"), ("last_modified", "modified"),
-                                      ("createdAt", "created"), ("created_at", "created")])
+@pytest.mark.parametrize(
+    "sort,key",
+    [
+        ("likes", "likes"),
+        ("lastModified", "modified"),
+        ("last_modified", "modified"),
+        ("createdAt", "created"),
+        ("created_at", "created"),
+    ],
+)
 def test_list_models_sort_keys(world, sort, key):
     assert _ids(world.api.list_models(filter=[ADAPTER_SDXL, "lora"], sort=sort)) == _expected(world, key)
 
@@ -160,7 +256,8 @@ def test_list_models_search_author_and_excludes(world):
     sd15 = _ids(world.api.list_models(filter=["lora", f"base_model:adapter:{SD15}"]))
     assert sd15 == ["sd15fan/sd15-lora"]
     assert _ids(world.api.list_models(filter="diffusers", author="latent-consistency")) == [
-        "latent-consistency/lcm-lora-sdxl"]
+        "latent-consistency/lcm-lora-sdxl"
+    ]
     # finetune has base_model:SDXL but no adapter relation
     assert "finetune/sdxl-finetune" in _ids(world.api.list_models(filter=f"base_model:{SDXL}"))
 
@@ -179,8 +276,14 @@ def test_list_models_expand_returns_only_requested_fields(world):
 def test_model_info_tags_card_siblings(world):
     info = world.api.model_info("nerijs/pixel-art-xl", files_metadata=True)
     assert re.fullmatch(r"[0-9a-f]{40}", info.sha) and info.sha == world.hub.sha("nerijs/pixel-art-xl")
-    for tag in ("lora", f"base_model:{SDXL}", ADAPTER_SDXL, "license:creativeml-openrail-m", "region:us",
-                "safetensors"):
+    for tag in (
+        "lora",
+        f"base_model:{SDXL}",
+        ADAPTER_SDXL,
+        "license:creativeml-openrail-m",
+        "region:us",
+        "safetensors",
+    ):
         assert tag in info.tags
     assert info.card_data.base_model == SDXL and info.card_data["instance_prompt"] == "pixel art"
     sib = {s.rfilename: s for s in info.siblings}
@@ -249,8 +352,9 @@ def test_download_errors_raise_client_types(world, tmp_path):
         hf_hub_download("nerijs/pixel-art-xl", "pixel-art-xl.safetensors", revision="v9", **kw)
     with pytest.raises(GatedRepoError):
         hf_hub_download("gatedorg/gated-sdxl-lora", "gated.safetensors", **kw)
-    ok = hf_hub_download("gatedorg/gated-sdxl-lora", "gated.safetensors", cache_dir=tmp_path,
-                         endpoint=world.url, token="hf_fake_token")
+    ok = hf_hub_download(
+        "gatedorg/gated-sdxl-lora", "gated.safetensors", cache_dir=tmp_path, endpoint=world.url, token="hf_fake_token"
+    )
     assert Path(ok).read_bytes().startswith(b"WWWW")
     assert world.hub.requests[-1][2]["authorization"] == "Bearer hf_fake_token"
     with pytest.raises(LocalEntryNotFoundError):

@@ -30,18 +30,28 @@ def test_importing_app_is_cheap():
 
 def test_generate_endpoint_signature(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    params = [(p["parameter_name"], p["parameter_has_default"], p.get("parameter_default")) for p in api["/generate"]["parameters"]]
+    params = [
+        (p["parameter_name"], p["parameter_has_default"], p.get("parameter_default"))
+        for p in api["/generate"]["parameters"]
+    ]
     assert params == [
-        ("prompt", False, None), ("negative_prompt", True, ""), ("lora", True, ""), ("lora_scale", True, 1.0),
-        ("num_inference_steps", True, 12), ("guidance_scale", True, 5.0), ("width", True, 64), ("height", True, 64),
+        ("prompt", False, None),
+        ("negative_prompt", True, ""),
+        ("lora", True, ""),
+        ("lora_scale", True, 1.0),
+        ("num_inference_steps", True, 12),
+        ("guidance_scale", True, 5.0),
+        ("width", True, 64),
+        ("height", True, 64),
         ("seed", True, -1),
-    ]  # fmt: skip
+    ]
     assert [p["parameter_name"] for p in api["/catalogue"]["parameters"]] == ["query", "sort", "limit", "offset"]
 
 
 def test_generate_returns_png_and_details(client):
-    image, details = client.predict(prompt="a red circle", lora="demo/ink-sketch", seed=11, num_inference_steps=2,
-                                    api_name="/generate")  # fmt: skip
+    image, details = client.predict(
+        prompt="a red circle", lora="demo/ink-sketch", seed=11, num_inference_steps=2, api_name="/generate"
+    )
     assert open(image, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert details["seed"] == 11 and details["lora"] == "demo/ink-sketch"
     assert {"queue_s", "adapter_s", "inference_s"} <= set(details["timings"])
@@ -59,8 +69,9 @@ def test_same_seed_same_pixels_whatever_ran_between(client):
 
 
 def test_any_hub_lora_for_the_same_base(client, served_app):
-    _, details = client.predict(prompt="hub style, a cat", lora=HUB_LORA, seed=1, num_inference_steps=1,
-                                api_name="/generate")  # fmt: skip
+    _, details = client.predict(
+        prompt="hub style, a cat", lora=HUB_LORA, seed=1, num_inference_steps=1, api_name="/generate"
+    )
     assert details["lora"] == HUB_LORA and details["cache_tier"] == "hub"
     assert len(details["adapter_revision"]) == 40
 
@@ -104,8 +115,12 @@ def test_thumbnail_urls_are_served(client, served_app):
 
 
 def test_post_root_text_to_image(served_app):
-    r = httpx.post(served_app.url + "/", json={"inputs": "a cat", "parameters": {"seed": 3, "num_inference_steps": 1}},
-                   headers={"lora": "demo/stripes"}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        served_app.url + "/",
+        json={"inputs": "a cat", "parameters": {"seed": 3, "num_inference_steps": 1}},
+        headers={"lora": "demo/stripes"},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (64, 64)
     assert r.headers["x-lora"] == "demo/stripes" and r.headers["x-seed"] == "3"
@@ -136,6 +151,12 @@ def test_metrics_are_prometheus_text(served_app):
     r = httpx.get(served_app.url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    for name in ("lora_engine_requests_total", "lora_engine_queue_depth", "lora_engine_swaps_total",
-                 "lora_engine_adapter_cache_lookups_total", "lora_engine_base_digest_ok 1.0", "lora_catalogue_entries"):  # fmt: skip
+    for name in (
+        "lora_engine_requests_total",
+        "lora_engine_queue_depth",
+        "lora_engine_swaps_total",
+        "lora_engine_adapter_cache_lookups_total",
+        "lora_engine_base_digest_ok 1.0",
+        "lora_catalogue_entries",
+    ):
         assert name in text

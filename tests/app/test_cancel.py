@@ -62,13 +62,20 @@ def test_http_disconnect_drops_the_waiting_request(served_app):
     with httpx.Client(timeout=120) as http:
         import threading
 
-        busy = threading.Thread(target=lambda: http.post(served_app.url + "/", json={
-            "inputs": "a cat", "parameters": {"num_inference_steps": 100, "width": 256, "height": 256}}))  # fmt: skip
+        busy = threading.Thread(
+            target=lambda: http.post(
+                served_app.url + "/",
+                json={"inputs": "a cat", "parameters": {"num_inference_steps": 100, "width": 256, "height": 256}},
+            )
+        )
         busy.start()
-        assert wait_until(lambda: engine.status().scheduler["dispatched"] > dispatched and engine.status().queue_depth == 0)
+        assert wait_until(
+            lambda: engine.status().scheduler["dispatched"] > dispatched and engine.status().queue_depth == 0
+        )
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(served_app.url + "/", json={"inputs": "a dog", "parameters": {"num_inference_steps": 2}},
-                       timeout=1.0)  # fmt: skip
+            httpx.post(
+                served_app.url + "/", json={"inputs": "a dog", "parameters": {"num_inference_steps": 2}}, timeout=1.0
+            )
         assert wait_until(lambda: cancelled_count(engine) == before + 1, timeout=20)
         busy.join(120)
     assert engine.status().queue_depth == 0

@@ -31,8 +31,11 @@ def zero_gpu_app(demo_assets, tmp_path_factory):
     from catalogue import Catalogue, LocalSource
 
     engine = Engine.from_config(EngineConfig(demo_dir=str(demo_assets.root)))
-    catalogue = Catalogue(base_model=engine.info.base_model_id, local=[LocalSource(d) for d in engine.info.local_lora_dirs],
-                          cache_dir=tmp_path_factory.mktemp("cat"))  # fmt: skip
+    catalogue = Catalogue(
+        base_model=engine.info.base_model_id,
+        local=[LocalSource(d) for d in engine.info.local_lora_dirs],
+        cache_dir=tmp_path_factory.mktemp("cat"),
+    )
     catalogue.start()
     gpu = RecordingGpu()
     import uvicorn  # noqa: F401  (serve() imports it; fail here, clearly, if missing)
@@ -47,14 +50,19 @@ def zero_gpu_app(demo_assets, tmp_path_factory):
 def test_requests_run_inside_the_gpu_call_and_leave_the_base(zero_gpu_app, served_app):
     served, gpu = zero_gpu_app
     client = Client(served.url + "/", verbose=False)
-    path, details = client.predict(prompt="a cat", lora="demo/stripes", seed=9, num_inference_steps=2,
-                                   api_name="/generate")  # fmt: skip
+    path, details = client.predict(
+        prompt="a cat", lora="demo/stripes", seed=9, num_inference_steps=2, api_name="/generate"
+    )
     assert gpu.calls == 1 and details["lora"] == "demo/stripes"
     assert served.engine.status().active_adapter == ""
     assert served.engine.current_digest() == served.engine.base_digest
 
-    r = httpx.post(served.url + "/", json={"inputs": "a cat", "parameters": {"seed": 9, "num_inference_steps": 2}},
-                   headers={"lora": "demo/stripes"}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        served.url + "/",
+        json={"inputs": "a cat", "parameters": {"seed": 9, "num_inference_steps": 2}},
+        headers={"lora": "demo/stripes"},
+        timeout=60,
+    )
     assert r.status_code == 200 and gpu.calls == 2
 
     # Same pixels as the normal (worker-thread) path for the same request.

@@ -21,10 +21,23 @@ def test_cluster_benchmark_runs_both_sizes_both_routings(fake_hub, demo_assets, 
     import ray
 
     result = cluster_bench.run_benchmark(
-        hub=fake_hub, assets=demo_assets, work_dir=tmp_path / "work", requests=12, loads=(20.0,), adapters=4,
-        download_delay_s=0.02, steps=1, seed=3, trace_kind="round_robin", cpus_per_replica=0.5, gpus_per_replica=0,
-        adapters_per_replica=4, max_ongoing_requests=4, capacity_samples=3, ray_num_cpus=2,
-    )  # fmt: skip
+        hub=fake_hub,
+        assets=demo_assets,
+        work_dir=tmp_path / "work",
+        requests=12,
+        loads=(20.0,),
+        adapters=4,
+        download_delay_s=0.02,
+        steps=1,
+        seed=3,
+        trace_kind="round_robin",
+        cpus_per_replica=0.5,
+        gpus_per_replica=0,
+        adapters_per_replica=4,
+        max_ongoing_requests=4,
+        capacity_samples=3,
+        ray_num_cpus=2,
+    )
     json.dumps(result)  # one JSON object
     assert not ray.is_initialized()  # it started Ray, so it stopped it
     assert fake_hub.delay_s == 0.0  # the knobs it set are restored

@@ -13,17 +13,33 @@ from bench.swap import main
 
 def test_swap_bench_demo_only(demo_assets, tmp_path):
     out = tmp_path / "swap.json"
-    result = main([
-        "--demo-only", "--quick", "--device", "cpu", "--demo-dir", str(demo_assets.root), "--out", str(out),
-        "--drift-swaps", "24", "--drift-cycles", "6",
-    ])  # fmt: skip
+    result = main(
+        [
+            "--demo-only",
+            "--quick",
+            "--device",
+            "cpu",
+            "--demo-dir",
+            str(demo_assets.root),
+            "--out",
+            str(out),
+            "--drift-swaps",
+            "24",
+            "--drift-cycles",
+            "6",
+        ]
+    )
 
     assert json.loads(out.read_text()) == result
     assert result["quick"] is True and result["demo_only"] is True
     assert {"cpu_count", "torch", "device", "dtype", "threads"} <= set(result["machine"])
     assert set(result["pass"]) == {
-        "warm_vs_memcpy", "diffusers_cycle_vs_warm", "first_vs_later", "drift_elements", "rss_growth_pct",
-    }  # fmt: skip
+        "warm_vs_memcpy",
+        "diffusers_cycle_vs_warm",
+        "first_vs_later",
+        "drift_elements",
+        "rss_growth_pct",
+    }
     assert set(result["targets"]) == set(result["pass"])
     assert {"warm_vs_memcpy", "diffusers_cycle_vs_warm", "first_vs_later"} <= set(result["ratios"])
     assert isinstance(result["rss_growth_pct"], float)

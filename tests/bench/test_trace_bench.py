@@ -20,10 +20,21 @@ LOAD = "20"  # far over capacity: the 16 requests arrive while the first still r
 
 def test_trace_benchmark_runs_every_mode_and_keeps_its_invariants(fake_hub, demo_assets, tmp_path):
     result = trace_bench.run_benchmark(
-        hub=fake_hub, assets=demo_assets, work_dir=tmp_path / "work", requests=16, loads=(float(LOAD),), adapters=8,
-        download_delay_s=0.02, steps=1, seed=3, trace_kind="round_robin", cold_requests=2, capacity_samples=3,
-        out_dir=tmp_path / "out", png=False,
-    )  # fmt: skip
+        hub=fake_hub,
+        assets=demo_assets,
+        work_dir=tmp_path / "work",
+        requests=16,
+        loads=(float(LOAD),),
+        adapters=8,
+        download_delay_s=0.02,
+        steps=1,
+        seed=3,
+        trace_kind="round_robin",
+        cold_requests=2,
+        capacity_samples=3,
+        out_dir=tmp_path / "out",
+        png=False,
+    )
     json.dumps(result)  # one JSON object: everything in it serialises
     assert fake_hub.delay_s == 0.0  # the knobs it set are restored
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,13 +68,25 @@ def _old_snapshot(cache_dir: Path, hours: float = 1.0) -> Snapshot:
     from catalogue.entries import CatalogueEntry
 
     entries = tuple(
-        CatalogueEntry(repo_id=f"snap/entry-{i}", title=f"Snapshot Entry {i}", trigger_words="snap",
-                       weight_name="s.safetensors", unservable_reason=None, thumbnail=None, downloads=100 - i,
-                       likes=i, last_modified="2023-01-01T00:00:00Z", license="mit", gated=None, tags=("lora",),
-                       base_models=(SDXL,), source="hub")
+        CatalogueEntry(
+            repo_id=f"snap/entry-{i}",
+            title=f"Snapshot Entry {i}",
+            trigger_words="snap",
+            weight_name="s.safetensors",
+            unservable_reason=None,
+            thumbnail=None,
+            downloads=100 - i,
+            likes=i,
+            last_modified="2023-01-01T00:00:00Z",
+            license="mit",
+            gated=None,
+            tags=("lora",),
+            base_models=(SDXL,),
+            source="hub",
+        )
         for i in range(2)
     )
-    snap = Snapshot(SDXL, datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=hours), entries)
+    snap = Snapshot(SDXL, datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours), entries)
     save_snapshot(snapshot_path(cache_dir, SDXL), snap)
     return snap
 
@@ -139,8 +151,9 @@ def test_failing_hub_keeps_the_previous_entries_and_recovers(hub, make):
 
 def test_snapshot_thumbnails_follow_a_moved_endpoint(hub, make, tmp_path):
     old = _old_snapshot(tmp_path / "cache")
-    moved = tuple(dataclasses.replace(e, thumbnail=f"http://old-host:1/{e.repo_id}/resolve/abc/a.png")
-                  for e in old.entries)
+    moved = tuple(
+        dataclasses.replace(e, thumbnail=f"http://old-host:1/{e.repo_id}/resolve/abc/a.png") for e in old.entries
+    )
     moved = moved[:1] + (dataclasses.replace(moved[1], thumbnail="https://elsewhere.example/x.png"),)
     save_snapshot(snapshot_path(tmp_path / "cache", SDXL), Snapshot(SDXL, old.saved_at, moved, "http://old-host:1"))
     hub.hub.fail_status, hub.hub.fail_paths = 400, r"^/api/models"
@@ -204,13 +217,22 @@ def test_search_and_get_through_the_facade(hub, make):
     styles = cat.search("style", limit=2, offset=1)
     assert styles.total > 3 and len(styles.entries) == 2 and styles.offset == 1
     # the local file was written just now; the newest Hub repo comes next
-    assert [e.repo_id for e in cat.search(sort="recent", limit=2).entries] == ["me/my-own-style",
-                                                                                "multi/dual-base-lora"]
+    assert [e.repo_id for e in cat.search(sort="recent", limit=2).entries] == [
+        "me/my-own-style",
+        "multi/dual-base-lora",
+    ]
     assert cat.search(sort="downloads", limit=1).entries[0].repo_id == "latent-consistency/lcm-lora-sdxl"
     assert "minimaxir/sdxl-ugly-sonic-lora" not in {e.repo_id for e in cat.search("sonic", servable_only=True).entries}
     assert cat.get("nope/nothing") is None
     assert set(cat.get("nerijs/pixel-art-xl").as_api_dict()) == {
-        "repo_id", "title", "trigger_words", "thumbnail", "downloads", "likes", "weight_name"}
+        "repo_id",
+        "title",
+        "trigger_words",
+        "thumbnail",
+        "downloads",
+        "likes",
+        "weight_name",
+    }
     with pytest.raises(InvalidSearch, match="'popular'"):
         cat.search(sort="popular")
 
@@ -265,7 +287,10 @@ def test_thumbnails_are_lazy_and_never_block(hub, make):
     assert time.monotonic() - t < 0.2
     assert cat.wait_thumbnails(10)
     path = cat.thumbnail_file("nerijs/pixel-art-xl")
-    assert path is not None and path.read_bytes() == (hub.root / "nerijs/pixel-art-xl/images/pixel-art-xl.jpeg").read_bytes()
+    assert (
+        path is not None
+        and path.read_bytes() == (hub.root / "nerijs/pixel-art-xl/images/pixel-art-xl.jpeg").read_bytes()
+    )
     assert cat.thumbnail_file("trainer/corgi-dreambooth").name == "image_0.png"
     gated = next(e.repo_id for e in cat.entries if e.gated)
     assert cat.thumbnail_file(gated) is None and cat.wait_thumbnails(10)
@@ -283,14 +308,17 @@ def test_missing_local_folder_fails_start(tmp_path):
         cat.start()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(base_model=""), "`base_model` must be a model id"),
-    (dict(base_model="has space/x"), "'has space/x'"),
-    (dict(refresh_interval_s=0), "`refresh_interval_s` must be a number > 0 but is 0"),
-    (dict(local=["not a source"]), "`local` must hold LocalSource objects"),
-    (dict(hub="http://hub"), "`hub` must be a HubSource"),
-    (dict(thumbnail_workers=0), "`thumbnail_workers` must be an integer >= 1 but is 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(base_model=""), "`base_model` must be a model id"),
+        (dict(base_model="has space/x"), "'has space/x'"),
+        (dict(refresh_interval_s=0), "`refresh_interval_s` must be a number > 0 but is 0"),
+        (dict(local=["not a source"]), "`local` must hold LocalSource objects"),
+        (dict(hub="http://hub"), "`hub` must be a HubSource"),
+        (dict(thumbnail_workers=0), "`thumbnail_workers` must be an integer >= 1 but is 0"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InvalidCatalogueConfig, match=match):
         Catalogue(**kwargs)

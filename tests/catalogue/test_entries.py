@@ -25,9 +25,22 @@ from tests.catalogue.conftest import SDXL, load_facts
 
 
 def _entry(**kw) -> CatalogueEntry:
-    base = dict(repo_id="o/n", title="N", trigger_words=None, weight_name="n.safetensors", unservable_reason=None,
-                thumbnail=None, downloads=0, likes=0, last_modified=None, license=None, gated=None, tags=(),
-                base_models=(SDXL,), source="hub")
+    base = dict(
+        repo_id="o/n",
+        title="N",
+        trigger_words=None,
+        weight_name="n.safetensors",
+        unservable_reason=None,
+        thumbnail=None,
+        downloads=0,
+        likes=0,
+        last_modified=None,
+        license=None,
+        gated=None,
+        tags=(),
+        base_models=(SDXL,),
+        source="hub",
+    )
     base.update(kw)
     return CatalogueEntry(**base)
 
@@ -66,20 +79,27 @@ def test_trigger_words_rules():
     assert trigger_words_of({}) is None
 
 
-@pytest.mark.parametrize("files,card,weight,reason", [
-    (["README.md", "a.safetensors"], {}, "a.safetensors", None),
-    (["x-v1.safetensors", "x-v2.safetensors"], {"instance_prompt": "<lora:x-v2:0.8>"}, "x-v2.safetensors", None),
-    (["Surreal v1.safetensors", "Surreal v2.safetensors"], {"widget": [{"text": "use Surreal v1.safetensors"}]},
-     "Surreal v1.safetensors", None),
-    (["a.safetensors", "pytorch_lora_weights.safetensors"], {}, "pytorch_lora_weights.safetensors", None),
-    (["final.safetensors", "checkpoint-1/final.safetensors"], {}, "final.safetensors", None),
-    (["a.safetensors", "b.safetensors"], {}, None, "2 .safetensors files (a.safetensors, b.safetensors)"),
-    (["ba.safetensors", "a.safetensors"], {"note": "ba.safetensors"}, "ba.safetensors", None),
-    (["pytorch_lora_weights.bin", "README.md"], {}, None, "only pickle weights (pytorch_lora_weights.bin)"),
-    (["lora.safetensors", "embeddings.pti"], {}, None, "pivotal-tuning LoRA"),
-    (["unet/diffusion_pytorch_model.safetensors"], {}, None, "only full-model components"),
-    (["README.md", "image.png"], {}, None, "no .safetensors weight file"),
-])
+@pytest.mark.parametrize(
+    "files,card,weight,reason",
+    [
+        (["README.md", "a.safetensors"], {}, "a.safetensors", None),
+        (["x-v1.safetensors", "x-v2.safetensors"], {"instance_prompt": "<lora:x-v2:0.8>"}, "x-v2.safetensors", None),
+        (
+            ["Surreal v1.safetensors", "Surreal v2.safetensors"],
+            {"widget": [{"text": "use Surreal v1.safetensors"}]},
+            "Surreal v1.safetensors",
+            None,
+        ),
+        (["a.safetensors", "pytorch_lora_weights.safetensors"], {}, "pytorch_lora_weights.safetensors", None),
+        (["final.safetensors", "checkpoint-1/final.safetensors"], {}, "final.safetensors", None),
+        (["a.safetensors", "b.safetensors"], {}, None, "2 .safetensors files (a.safetensors, b.safetensors)"),
+        (["ba.safetensors", "a.safetensors"], {"note": "ba.safetensors"}, "ba.safetensors", None),
+        (["pytorch_lora_weights.bin", "README.md"], {}, None, "only pickle weights (pytorch_lora_weights.bin)"),
+        (["lora.safetensors", "embeddings.pti"], {}, None, "pivotal-tuning LoRA"),
+        (["unet/diffusion_pytorch_model.safetensors"], {}, None, "only full-model components"),
+        (["README.md", "image.png"], {}, None, "no .safetensors weight file"),
+    ],
+)
 def test_choose_weight(files, card, weight, reason):
     choice = choose_weight(files, card)
     assert choice.weight_name == weight
@@ -112,9 +132,15 @@ def test_base_models_from_card_or_tags():
 
 
 def test_build_entry_without_any_card():
-    entry = build_entry("someone/cool-style-xl", source="hub", card=None,
-                        files=["cool.safetensors", "sample.webp"], resolve_thumbnail=lambda p: f"U/{p}",
-                        tags=["lora", f"base_model:adapter:{SDXL}", "license:mit"], downloads=5)
+    entry = build_entry(
+        "someone/cool-style-xl",
+        source="hub",
+        card=None,
+        files=["cool.safetensors", "sample.webp"],
+        resolve_thumbnail=lambda p: f"U/{p}",
+        tags=["lora", f"base_model:adapter:{SDXL}", "license:mit"],
+        downloads=5,
+    )
     assert entry.title == "Cool Style XL" and entry.trigger_words is None
     assert entry.weight_name == "cool.safetensors" and entry.servable
     assert entry.thumbnail == "U/sample.webp" and entry.license == "mit" and entry.base_models == (SDXL,)
@@ -142,9 +168,15 @@ def test_entry_invariants_and_dict_round_trip():
 
 def test_as_api_dict_has_exactly_the_endpoint_fields():
     e = _entry(thumbnail="http://h/o/n/resolve/s/a.png", trigger_words="tw", downloads=3, likes=4)
-    assert e.as_api_dict() == {"repo_id": "o/n", "title": "N", "trigger_words": "tw",
-                               "thumbnail": "http://h/o/n/resolve/s/a.png", "downloads": 3, "likes": 4,
-                               "weight_name": "n.safetensors"}
+    assert e.as_api_dict() == {
+        "repo_id": "o/n",
+        "title": "N",
+        "trigger_words": "tw",
+        "thumbnail": "http://h/o/n/resolve/s/a.png",
+        "downloads": 3,
+        "likes": 4,
+        "weight_name": "n.safetensors",
+    }
 
 
 def test_iso_utc():

@@ -61,7 +61,8 @@ def test_pagination_follows_the_link_header_with_both_filters(hub):
     assert len(second) >= 4 and all("filter=lora" in r[1] for r in second)
     # the one repo only the second query finds is read with model_info
     assert [r[1] for r in hub.hub.requests_matching("GET", r"^/api/models/[^?]")] == [
-        "/api/models/merger/sdxl-merged-lora"]
+        "/api/models/merger/sdxl-merged-lora"
+    ]
 
 
 def test_card_variants(hub):
@@ -168,13 +169,16 @@ def test_thumbnail_files(hub, tmp_path):
     assert isinstance(source.cached_file(ref, tmp_path), Path)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(timeout_s=0), "`timeout_s` must be a number > 0 but is 0"),
-    (dict(deadline_s=-1), "`deadline_s` must be a number > 0 but is -1"),
-    (dict(max_entries=0), "`max_entries` must be an integer >= 1 but is 0"),
-    (dict(max_stuck_listings=True), "but is True"),
-    (dict(endpoint="ftp://x"), "`endpoint` must be an http"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(timeout_s=0), "`timeout_s` must be a number > 0 but is 0"),
+        (dict(deadline_s=-1), "`deadline_s` must be a number > 0 but is -1"),
+        (dict(max_entries=0), "`max_entries` must be an integer >= 1 but is 0"),
+        (dict(max_stuck_listings=True), "but is True"),
+        (dict(endpoint="ftp://x"), "`endpoint` must be an http"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InvalidCatalogueConfig, match=re.escape(match) if "`" in match else match):
         HubSource(token=False, **kwargs)

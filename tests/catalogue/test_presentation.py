@@ -27,10 +27,22 @@ def test_trigger_words_are_inserted_once(prompt, trigger, previous, expected):
 
 
 def _entry(**kw):
-    base = dict(repo_id="nerijs/pixel-art-xl", title="Pixel Art XL", trigger_words="pixel art",
-                weight_name="pixel-art-xl.safetensors", unservable_reason=None, thumbnail=None, downloads=1, likes=2,
-                last_modified=None, license="creativeml-openrail-m", gated=None, tags=("lora",),
-                base_models=("stabilityai/stable-diffusion-xl-base-1.0",), source="hub")  # fmt: skip
+    base = dict(
+        repo_id="nerijs/pixel-art-xl",
+        title="Pixel Art XL",
+        trigger_words="pixel art",
+        weight_name="pixel-art-xl.safetensors",
+        unservable_reason=None,
+        thumbnail=None,
+        downloads=1,
+        likes=2,
+        last_modified=None,
+        license="creativeml-openrail-m",
+        gated=None,
+        tags=("lora",),
+        base_models=("stabilityai/stable-diffusion-xl-base-1.0",),
+        source="hub",
+    )
     base.update(kw)
     return CatalogueEntry(**base)
 

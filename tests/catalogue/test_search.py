@@ -14,17 +14,27 @@ from tests.catalogue.conftest import SDXL
 
 def _e(repo_id, title=None, trigger=None, tags=(), downloads=0, likes=0, modified=None, servable=True):
     return CatalogueEntry(
-        repo_id=repo_id, title=title or repo_id.split("/")[1], trigger_words=trigger,
-        weight_name="w.safetensors" if servable else None, unservable_reason=None if servable else "pickle",
-        thumbnail=None, downloads=downloads, likes=likes, last_modified=modified, license=None, gated=None,
-        tags=tuple(tags) + (f"base_model:adapter:{SDXL}", "region:us"), base_models=(SDXL,), source="hub")
+        repo_id=repo_id,
+        title=title or repo_id.split("/")[1],
+        trigger_words=trigger,
+        weight_name="w.safetensors" if servable else None,
+        unservable_reason=None if servable else "pickle",
+        thumbnail=None,
+        downloads=downloads,
+        likes=likes,
+        last_modified=modified,
+        license=None,
+        gated=None,
+        tags=tuple(tags) + (f"base_model:adapter:{SDXL}", "region:us"),
+        base_models=(SDXL,),
+        source="hub",
+    )
 
 
 ENTRIES = [
     _e("nerijs/pixel-art-xl", "Pixel Art XL", "pixel art", ["lora", "style"], 17058, 134, "2023-09-01T00:00:00Z"),
     _e("someone/retro-game", "Retro Game", "8bit", ["lora", "pixel"], 50000, 5, "2024-01-01T00:00:00Z"),
-    _e("artist/PixelArtRedmond", "PixelArtRedmond", "Pixel Art, PixArFK", ["lora"], 300, 900,
-       "2023-05-01T00:00:00Z"),
+    _e("artist/PixelArtRedmond", "PixelArtRedmond", "Pixel Art, PixArFK", ["lora"], 300, 900, "2023-05-01T00:00:00Z"),
     _e("pixelfan/watercolor", "Watercolor", "watercolor painting", ["lora"], 10, 1, None),
     _e("ink/ink-sketch", "Ink Sketch", "ink sketch", ["lora", "sketch"], 500, 50, "2024-03-01T00:00:00Z"),
     _e("old/bin-only", "Old Pixel Style", "old pixel", ["lora"], 1, 0, "2022-01-01T00:00:00Z", servable=False),
@@ -42,13 +52,23 @@ def _ids(page):
 
 def test_empty_query_lists_everything_in_each_sort(index):
     assert _ids(index.search("", "downloads")) == [
-        "someone/retro-game", "nerijs/pixel-art-xl", "ink/ink-sketch", "artist/PixelArtRedmond",
-        "pixelfan/watercolor", "old/bin-only"]
+        "someone/retro-game",
+        "nerijs/pixel-art-xl",
+        "ink/ink-sketch",
+        "artist/PixelArtRedmond",
+        "pixelfan/watercolor",
+        "old/bin-only",
+    ]
     assert _ids(index.search(sort="likes"))[:3] == ["artist/PixelArtRedmond", "nerijs/pixel-art-xl", "ink/ink-sketch"]
     # newest first; an unknown date goes last
     assert _ids(index.search(sort="recent")) == [
-        "ink/ink-sketch", "someone/retro-game", "nerijs/pixel-art-xl", "artist/PixelArtRedmond", "old/bin-only",
-        "pixelfan/watercolor"]
+        "ink/ink-sketch",
+        "someone/retro-game",
+        "nerijs/pixel-art-xl",
+        "artist/PixelArtRedmond",
+        "old/bin-only",
+        "pixelfan/watercolor",
+    ]
     assert index.search().total == len(ENTRIES)
 
 
@@ -72,8 +92,13 @@ def test_relevance_ranks_name_and_title_hits_above_tag_only_hits(index):
     ids = _ids(index.search("pixel", sort="downloads"))
     # retro-game has the most downloads but matches "pixel" only through a tag: it comes last
     assert ids[-1] == "someone/retro-game"
-    assert set(ids) == {"nerijs/pixel-art-xl", "artist/PixelArtRedmond", "pixelfan/watercolor", "old/bin-only",
-                        "someone/retro-game"}
+    assert set(ids) == {
+        "nerijs/pixel-art-xl",
+        "artist/PixelArtRedmond",
+        "pixelfan/watercolor",
+        "old/bin-only",
+        "someone/retro-game",
+    }
     assert ids.index("nerijs/pixel-art-xl") < ids.index("pixelfan/watercolor")  # name token beats owner
     # the whole query equal to a title wins over everything
     assert _ids(index.search("pixel art xl"))[0] == "nerijs/pixel-art-xl"
@@ -107,18 +132,21 @@ def test_servable_only(index):
     assert index.search(servable_only=True).total == len(ENTRIES) - 1
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(sort="stars"), r"`sort` must be one of downloads, likes, recent but is 'stars'"),
-    (dict(sort="Downloads"), r"'Downloads'"),
-    (dict(limit=0), r"`limit` must be an integer in \[1, 1000\] but is 0"),
-    (dict(limit=MAX_LIMIT + 1), r"but is 1001"),
-    (dict(limit=True), r"but is True"),
-    (dict(limit="10"), r"but is '10'"),
-    (dict(offset=-1), r"`offset` must be an integer >= 0 but is -1"),
-    (dict(offset=1.5), r"but is 1.5"),
-    (dict(query=None), r"`query` must be a string"),
-    (dict(query="x" * (MAX_QUERY_CHARS + 1)), r"at most 256 characters"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sort="stars"), r"`sort` must be one of downloads, likes, recent but is 'stars'"),
+        (dict(sort="Downloads"), r"'Downloads'"),
+        (dict(limit=0), r"`limit` must be an integer in \[1, 1000\] but is 0"),
+        (dict(limit=MAX_LIMIT + 1), r"but is 1001"),
+        (dict(limit=True), r"but is True"),
+        (dict(limit="10"), r"but is '10'"),
+        (dict(offset=-1), r"`offset` must be an integer >= 0 but is -1"),
+        (dict(offset=1.5), r"but is 1.5"),
+        (dict(query=None), r"`query` must be a string"),
+        (dict(query="x" * (MAX_QUERY_CHARS + 1)), r"at most 256 characters"),
+    ],
+)
 def test_bad_parameters_raise_a_typed_error_naming_the_value(index, kwargs, match):
     with pytest.raises(InvalidSearch, match=match) as e:
         index.search(**kwargs)
@@ -131,8 +159,14 @@ def test_empty_index():
 
 def test_ten_thousand_entries_search_fast():
     entries = [
-        _e(f"owner{i % 700}/style-{i}-{'pixel' if i % 3 else 'anime'}-xl", trigger=f"trigger{i} art",
-           tags=["lora", "style"], downloads=i * 7 % 1000, likes=i % 13, modified=f"2024-01-{1 + i % 28:02d}T00:00:00Z")
+        _e(
+            f"owner{i % 700}/style-{i}-{'pixel' if i % 3 else 'anime'}-xl",
+            trigger=f"trigger{i} art",
+            tags=["lora", "style"],
+            downloads=i * 7 % 1000,
+            likes=i % 13,
+            modified=f"2024-01-{1 + i % 28:02d}T00:00:00Z",
+        )
         for i in range(10_000)
     ]
     index = SearchIndex(entries)

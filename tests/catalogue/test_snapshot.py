@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,17 +13,28 @@ from catalogue.entries import CatalogueEntry
 from catalogue.snapshot import FORMAT_VERSION, Snapshot, load_snapshot, read_snapshot, save_snapshot, snapshot_path
 from tests.catalogue.conftest import SDXL
 
-WHEN = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+WHEN = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def _entries():
     return tuple(
         CatalogueEntry(
-            repo_id=f"o/lora-{i}", title=f"LoRA {i}", trigger_words="tw" if i else None,
-            weight_name="w.safetensors" if i % 2 else None, unservable_reason=None if i % 2 else "only pickle weights",
-            thumbnail=f"http://h/o/lora-{i}/resolve/abc/a.png", downloads=i * 10, likes=i, last_modified=None,
-            license="mit", gated="auto" if i == 3 else None, tags=("lora", f"base_model:adapter:{SDXL}"),
-            base_models=(SDXL, "x/y") if i == 2 else (SDXL,), source="hub", revision="a" * 40)
+            repo_id=f"o/lora-{i}",
+            title=f"LoRA {i}",
+            trigger_words="tw" if i else None,
+            weight_name="w.safetensors" if i % 2 else None,
+            unservable_reason=None if i % 2 else "only pickle weights",
+            thumbnail=f"http://h/o/lora-{i}/resolve/abc/a.png",
+            downloads=i * 10,
+            likes=i,
+            last_modified=None,
+            license="mit",
+            gated="auto" if i == 3 else None,
+            tags=("lora", f"base_model:adapter:{SDXL}"),
+            base_models=(SDXL, "x/y") if i == 2 else (SDXL,),
+            source="hub",
+            revision="a" * 40,
+        )
         for i in range(5)
     )
 
@@ -56,18 +67,36 @@ def test_overwrite_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json", "not valid JSON"),
-    ("[]", "must hold a JSON object"),
-    (json.dumps({"format_version": 2, "saved_at": "2024-05-01T12:00:00Z", "base_model": SDXL, "entries": []}),
-     "format_version 2"),
-    (json.dumps({"format_version": 1, "saved_at": "2024-05-01T12:00:00Z", "base_model": "other/base",
-                 "entries": []}), "is for base model 'other/base'"),
-    (json.dumps({"format_version": 1, "saved_at": "yesterday", "base_model": SDXL, "entries": []}), "saved_at"),
-    (json.dumps({"format_version": 1, "saved_at": "2024-05-01T12:00:00Z", "base_model": SDXL,
-                 "entries": [{"repo_id": "o/x"}]}), "bad entry"),
-    (b"\xff\xfe\x00garbage", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "must hold a JSON object"),
+        (
+            json.dumps({"format_version": 2, "saved_at": "2024-05-01T12:00:00Z", "base_model": SDXL, "entries": []}),
+            "format_version 2",
+        ),
+        (
+            json.dumps(
+                {"format_version": 1, "saved_at": "2024-05-01T12:00:00Z", "base_model": "other/base", "entries": []}
+            ),
+            "is for base model 'other/base'",
+        ),
+        (json.dumps({"format_version": 1, "saved_at": "yesterday", "base_model": SDXL, "entries": []}), "saved_at"),
+        (
+            json.dumps(
+                {
+                    "format_version": 1,
+                    "saved_at": "2024-05-01T12:00:00Z",
+                    "base_model": SDXL,
+                    "entries": [{"repo_id": "o/x"}],
+                }
+            ),
+            "bad entry",
+        ),
+        (b"\xff\xfe\x00garbage", "cannot read"),
+    ],
+)
 def test_bad_files_raise_when_read_and_are_ignored_with_a_warning_when_loaded(tmp_path, caplog, content, match):
     path = snapshot_path(tmp_path, SDXL)
     if isinstance(content, bytes):

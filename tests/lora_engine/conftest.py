@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lora_engine import Engine, EngineConfig, GenerationRequest
-from tests.support.loras import SDXL
+from lora_engine.testing.lora_files import SDXL
 
 
 def fast(prompt="a red circle", **kw) -> GenerationRequest:

@@ -9,9 +9,9 @@ import pytest
 
 from lora_engine import Engine
 from lora_engine.adapter_cache import AdapterKey, ByteLRU
-from lora_engine.torch_demo import DEMO_LORAS
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.testing.lora_files import SDXL, publish
 from tests.lora_engine.conftest import fast
-from tests.support.loras import SDXL, publish
 
 
 def test_lru_evicts_least_recently_used_by_bytes():
@@ -65,9 +65,15 @@ def tier_repos(hub_root, demo_assets):
 
 def test_an_adapter_larger_than_the_whole_ram_tier_is_still_served(load_demo_pipeline, tier_repos, tmp_path, fake_hub):
     engine = Engine.from_pipeline(
-        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
-        ram_cache_bytes=100_000, device_cache_bytes=0, prefetch=False,
-    )  # fmt: skip
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=1,
+        default_side=64,
+        ram_cache_bytes=100_000,
+        device_cache_bytes=0,
+        prefetch=False,
+    )
     try:
         first = engine.generate(fast(lora=tier_repos[0]))
         assert first.lora == tier_repos[0] and engine.status().ram_cache["bytes"] == 0
@@ -80,9 +86,15 @@ def test_an_adapter_larger_than_the_whole_ram_tier_is_still_served(load_demo_pip
 def test_tiers_hub_then_ram_then_disk_with_no_second_get(load_demo_pipeline, tier_repos, tmp_path, fake_hub):
     """A small RAM budget forces evictions; an evicted adapter comes back from disk, never the network."""
     engine = Engine.from_pipeline(
-        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
-        ram_cache_bytes=3_000_000, device_cache_bytes=0, prefetch=False,
-    )  # fmt: skip
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=1,
+        default_side=64,
+        ram_cache_bytes=3_000_000,
+        device_cache_bytes=0,
+        prefetch=False,
+    )
     try:
         tiers = [engine.generate(fast(lora=r)).cache_tier for r in tier_repos]
         assert tiers == ["hub"] * len(tier_repos)
@@ -108,9 +120,13 @@ def test_tiers_hub_then_ram_then_disk_with_no_second_get(load_demo_pipeline, tie
 
 def test_device_tier_serves_recent_adapters(load_demo_pipeline, tier_repos, tmp_path):
     engine = Engine.from_pipeline(
-        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64,
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=1,
+        default_side=64,
         prefetch=False,
-    )  # fmt: skip
+    )
     try:
         assert [engine.generate(fast(lora=r)).cache_tier for r in tier_repos[:2]] == ["hub", "hub"]
         assert engine.generate(fast(lora=tier_repos[0])).cache_tier == "device"
@@ -141,9 +157,13 @@ def test_a_moved_revision_gets_a_new_cache_entry(load_demo_pipeline, hub_root, d
 
 def test_prefetch_parses_the_next_adapter_off_the_worker_thread(load_demo_pipeline, tier_repos, tmp_path):
     engine = Engine.from_pipeline(
-        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=4, default_side=64,
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=4,
+        default_side=64,
         max_wait_s=0.0,
-    )  # fmt: skip
+    )
     seen = []
     fetch = engine.fetcher.fetch
 
@@ -166,8 +186,14 @@ def test_prefetch_parses_the_next_adapter_off_the_worker_thread(load_demo_pipeli
 def test_queue_full_is_refused_at_once_and_position_and_estimate_are_given(load_demo_pipeline, tmp_path):
     from lora_engine import QueueFull
 
-    engine = Engine.from_pipeline(load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path),
-                                  default_steps=1, default_side=64, max_queue=2)  # fmt: skip
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=1,
+        default_side=64,
+        max_queue=2,
+    )
     try:
         engine.generate(fast())  # one finished run, so estimates have a mean to use
         busy = engine.submit(fast(num_inference_steps=100, width=256, height=256))
@@ -190,8 +216,8 @@ def test_queue_full_is_refused_at_once_and_position_and_estimate_are_given(load_
 def test_local_adapters_are_resolved_from_stats_and_a_rewritten_file_is_a_new_key(demo_assets, tmp_path):
     import shutil
 
-    from lora_engine.hub_fetch import AdapterFetcher
-    from lora_engine.torch_demo import DEMO_BASE_MODEL_ID
+    from lora_engine.adapters.fetch import AdapterFetcher
+    from lora_engine.demo.model import DEMO_BASE_MODEL_ID
 
     shutil.copytree(demo_assets.lora_dir("demo/stripes"), tmp_path / "me" / "glow")
     fetcher = AdapterFetcher(accepted_base_models=(DEMO_BASE_MODEL_ID,), local_dirs=(tmp_path,))

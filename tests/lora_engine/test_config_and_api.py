@@ -13,29 +13,57 @@ from lora_engine import ConfigError, EngineConfig
 
 
 def test_public_api_is_pinned():
-    assert sorted(lora_engine.__all__) == sorted([
-        "BASE_ADAPTER", "SDXL_BASE_MODEL_ID", "AdapterError", "AdapterFetchError", "AdapterGated",
-        "AdapterNotFound", "ConfigError", "CorruptAdapter", "Engine", "EngineClosed", "EngineConfig",
-        "EngineError", "EngineStatus", "GenerationRequest", "GenerationResult", "IncompatibleAdapter",
-        "InvalidAdapterId", "InvalidRequest", "QueueFull", "RequestCancelled", "RequestFuture", "Timings",
-        "UnsafeAdapterFile", "UnsupportedAdapterFormat",
-    ])  # fmt: skip
+    assert sorted(lora_engine.__all__) == sorted(
+        [
+            "BASE_ADAPTER",
+            "SDXL_BASE_MODEL_ID",
+            "AdapterError",
+            "AdapterFetchError",
+            "AdapterGated",
+            "AdapterNotFound",
+            "ConfigError",
+            "CorruptAdapter",
+            "Engine",
+            "EngineClosed",
+            "EngineConfig",
+            "EngineError",
+            "EngineStatus",
+            "GenerationRequest",
+            "GenerationResult",
+            "IncompatibleAdapter",
+            "InvalidAdapterId",
+            "InvalidRequest",
+            "QueueFull",
+            "RequestCancelled",
+            "RequestFuture",
+            "Timings",
+            "UnsafeAdapterFile",
+            "UnsupportedAdapterFormat",
+        ]
+    )
     for name in lora_engine.__all__:
         assert hasattr(lora_engine, name)
 
 
 def test_importing_the_engine_imports_no_torch():
-    code = ("import lora_engine, lora_engine.scheduler, lora_engine.adapter_cache, lora_engine.demo_data, sys; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import lora_engine, lora_engine.scheduler, lora_engine.adapter_cache, lora_engine.demo.data, sys; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_from_env_reads_every_kind_of_field():
-    c = EngineConfig.from_env({
-        "MODEL_ID": "stabilityai/stable-diffusion-xl-base-1.0", "LORA_ENGINE_RAM_CACHE_BYTES": "512MiB",
-        "LORA_ENGINE_PREFETCH": "off", "LORA_ENGINE_MAX_WAIT_S": "2.5", "LORA_ENGINE_LOCAL_LORA_DIRS": "a, b",
-    })  # fmt: skip
+    c = EngineConfig.from_env(
+        {
+            "MODEL_ID": "stabilityai/stable-diffusion-xl-base-1.0",
+            "LORA_ENGINE_RAM_CACHE_BYTES": "512MiB",
+            "LORA_ENGINE_PREFETCH": "off",
+            "LORA_ENGINE_MAX_WAIT_S": "2.5",
+            "LORA_ENGINE_LOCAL_LORA_DIRS": "a, b",
+        }
+    )
     assert c.model_id == "stabilityai/stable-diffusion-xl-base-1.0"
     assert c.ram_cache_bytes == 512 << 20 and c.prefetch is False and c.max_wait_s == 2.5
     assert c.local_lora_dirs == ("a", "b")

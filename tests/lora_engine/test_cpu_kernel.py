@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from lora_engine import Engine, EngineConfig
-from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict
-from lora_engine.torch_cpu_kernel import MAX_RANK, load_amx_addmm
-from lora_engine.torch_demo import DEMO_LORAS
-from lora_engine.torch_swap import Swapper, weights_digest
+from lora_engine.adapters.parse import LayerIndex, load_adapter_file, parse_lora_state_dict
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.pipeline.cpu_kernel import MAX_RANK, load_amx_addmm
+from lora_engine.pipeline.swap import Swapper, weights_digest
 from tests.lora_engine.conftest import fast, pixels
 
 
@@ -101,8 +101,17 @@ def _operands(m, n, r, seed=0):
 
 # Full 16 x 32 blocks, an odd last 16 columns, leftover rows and columns, leftover rows under streamed lines,
 # odd ranks, ranks 1 and 2, 3 and 4 tiles deep.
-SHAPES = [(64, 64, 8), (320, 640, 32), (48, 80, 33), (37, 53, 3), (37, 64, 8), (16, 48, 1), (33, 100, 64),
-          (32, 64, 80), (32, 96, MAX_RANK)]  # fmt: skip
+SHAPES = [
+    (64, 64, 8),
+    (320, 640, 32),
+    (48, 80, 33),
+    (37, 53, 3),
+    (37, 64, 8),
+    (16, 48, 1),
+    (33, 100, 64),
+    (32, 64, 80),
+    (32, 96, MAX_RANK),
+]
 
 
 @pytest.mark.parametrize("m,n,r", SHAPES, ids=lambda v: str(v))
@@ -183,8 +192,15 @@ def test_alpha_zero_is_the_original(kernel):
 
 @pytest.mark.parametrize(
     "case",
-    ["float32", "non-contiguous", "rank-too-large", "shape-mismatch", "float16", "partial-overlap",
-     "factor-overlaps-out"],  # fmt: skip
+    [
+        "float32",
+        "non-contiguous",
+        "rank-too-large",
+        "shape-mismatch",
+        "float16",
+        "partial-overlap",
+        "factor-overlaps-out",
+    ],
 )
 def test_declines_what_it_does_not_do_and_writes_nothing(kernel, case):
     orig, b, a = _operands(64, 64, 8)
@@ -214,11 +230,12 @@ def test_declines_what_it_does_not_do_and_writes_nothing(kernel, case):
 def _demo_adapters(index, demo_assets):
     return [
         parse_lora_state_dict(
-            s.repo_id, *load_adapter_file(s.repo_id, demo_assets.lora_dir(s.repo_id) / s.weight_name, max_bytes=1 << 30),
+            s.repo_id,
+            *load_adapter_file(s.repo_id, demo_assets.lora_dir(s.repo_id) / s.weight_name, max_bytes=1 << 30),
             index,
         ).to(torch.device("cpu"), torch.bfloat16)
         for s in DEMO_LORAS
-    ]  # fmt: skip
+    ]
 
 
 def test_swapper_with_kernel_agrees_with_torch_and_restores_exactly(kernel, load_demo_pipeline, demo_assets):
@@ -250,8 +267,12 @@ def test_engine_uses_the_kernel_for_bf16_on_cpu(kernel, demo_assets, tmp_path):
     pictures = {}
     for choice in ("auto", "torch"):
         engine = Engine.from_config(
-            EngineConfig(demo_dir=str(demo_assets.root), hub_cache_dir=str(tmp_path / choice), dtype="bfloat16",
-                         swap_kernel=choice)  # fmt: skip
+            EngineConfig(
+                demo_dir=str(demo_assets.root),
+                hub_cache_dir=str(tmp_path / choice),
+                dtype="bfloat16",
+                swap_kernel=choice,
+            )
         )
         try:
             assert engine.backend.swapper.kernel_name == ("amx-bf16" if choice == "auto" else "torch.addmm")

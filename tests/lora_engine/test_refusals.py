@@ -19,19 +19,19 @@ from lora_engine import (
     UnsafeAdapterFile,
     UnsupportedAdapterFormat,
 )
-from lora_engine.torch_demo import DEMO_LORAS
-from tests.lora_engine.conftest import fast, pixels
-from tests.support.loras import (
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.testing.lora_files import (
     SD15,
     absurd_header_file,
     evil_pickle,
-    lokr_file,
     loha_file,
+    lokr_file,
     lora_card,
     publish,
     read_tensors,
     to_bytes,
 )
+from tests.lora_engine.conftest import fast, pixels
 
 KOHYA = next(s for s in DEMO_LORAS if s.key_format == "kohya")
 PEFT = next(s for s in DEMO_LORAS if s.key_format == "peft" and s.text_encoder_rank)
@@ -79,9 +79,19 @@ def test_a_good_hub_lora_works(hub_engine, good_repo, base_pixels, fake_hub):
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["../etc/passwd", "/abs/path", "owner/../name", "https://evil.example/owner/name", "owner/name/extra",
-     "owner", "a--b/c", "C:\\x\\y", "~/.ssh/x", "owner/name.."],
-)  # fmt: skip
+    [
+        "../etc/passwd",
+        "/abs/path",
+        "owner/../name",
+        "https://evil.example/owner/name",
+        "owner/name/extra",
+        "owner",
+        "a--b/c",
+        "C:\\x\\y",
+        "~/.ssh/x",
+        "owner/name..",
+    ],
+)
 def test_ids_that_are_not_repo_ids_are_refused_at_submit(hub_engine, bad_id, fake_hub):
     with pytest.raises(InvalidAdapterId, match="repo id"):
         hub_engine.submit(fast(lora=bad_id))
@@ -136,7 +146,9 @@ def test_shapes_for_another_architecture_are_refused(hub_engine, hub_root, kohya
     extra["lora_unet_input_blocks_99_1_transformer_blocks_0_attn1_to_q.lora_up.weight"] = torch.zeros(64, 4)
     publish(hub_root, "other/extra-layers", {"lora.safetensors": to_bytes(extra)})
     assert_refused_cleanly(hub_engine, "other/wrong-shapes", IncompatibleAdapter, "another architecture", base_pixels)
-    assert_refused_cleanly(hub_engine, "other/extra-layers", IncompatibleAdapter, "another architecture|map", base_pixels)
+    assert_refused_cleanly(
+        hub_engine, "other/extra-layers", IncompatibleAdapter, "another architecture|map", base_pixels
+    )
 
 
 def test_a_lora_for_another_base_model_is_refused(hub_engine, hub_root, kohya_bytes, base_pixels):
@@ -146,14 +158,20 @@ def test_a_lora_for_another_base_model_is_refused(hub_engine, hub_root, kohya_by
 
 
 def test_list_valued_base_model_is_accepted(hub_engine, hub_root, kohya_bytes, base_pixels):
-    card = lora_card(base_model=["stabilityai/stable-diffusion-xl-refiner-1.0", "stabilityai/stable-diffusion-xl-base-1.0"])
+    card = lora_card(
+        base_model=["stabilityai/stable-diffusion-xl-refiner-1.0", "stabilityai/stable-diffusion-xl-base-1.0"]
+    )
     publish(hub_root, "multi/dual-base", {"dual.safetensors": kohya_bytes}, card=card)
     assert not np.array_equal(pixels(hub_engine.generate(fast(lora="multi/dual-base"))), base_pixels)
 
 
 def test_a_repo_that_is_not_a_lora_is_refused(hub_engine, hub_root, kohya_bytes, base_pixels):
-    publish(hub_root, "plain/checkpoint", {"model.safetensors": kohya_bytes},
-            card={"license": "mit", "tags": ["text-to-image"], "base_model": "stabilityai/stable-diffusion-xl-base-1.0"})  # fmt: skip
+    publish(
+        hub_root,
+        "plain/checkpoint",
+        {"model.safetensors": kohya_bytes},
+        card={"license": "mit", "tags": ["text-to-image"], "base_model": "stabilityai/stable-diffusion-xl-base-1.0"},
+    )
     assert_refused_cleanly(hub_engine, "plain/checkpoint", IncompatibleAdapter, "LoRA", base_pixels)
 
 

@@ -67,9 +67,24 @@ def test_good_adapter_ids(good):
 
 
 @pytest.mark.parametrize(
-    "bad", ["nerijs", "a/b/c", "../x/y", "a/..", "x/y..z", "http://h/a/b", "a--b/c", "-a/b", "a/b-", "a b/c",
-            "x" * 97 + "/y", "/a/b", "a\\b", 5],
-)  # fmt: skip
+    "bad",
+    [
+        "nerijs",
+        "a/b/c",
+        "../x/y",
+        "a/..",
+        "x/y..z",
+        "http://h/a/b",
+        "a--b/c",
+        "-a/b",
+        "a/b-",
+        "a b/c",
+        "x" * 97 + "/y",
+        "/a/b",
+        "a\\b",
+        5,
+    ],
+)
 def test_bad_adapter_ids(bad):
     with pytest.raises(InvalidAdapterId):
         check_adapter_id(bad)

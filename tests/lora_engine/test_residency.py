@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from lora_engine import errors
+from lora_engine.adapters.fetch import AdapterFetcher
+from lora_engine.demo.model import DEMO_BASE_MODEL_ID, DEMO_LORAS
 from lora_engine.errors import AdapterNotFound, IncompatibleAdapter, InvalidAdapterId
-from lora_engine.hub_fetch import AdapterFetcher
-from lora_engine.torch_demo import DEMO_BASE_MODEL_ID, DEMO_LORAS
+from lora_engine.testing.lora_files import lora_card, publish
 from tests.lora_engine.conftest import fast, pixels
-from tests.support.loras import lora_card, publish
 
 
 def _swaps(engine) -> float:
@@ -51,8 +51,9 @@ def test_evict_drops_the_adapter_and_a_later_request_fetches_it_again(demo_engin
     assert demo_engine.current_digest() == demo_engine.base_digest
 
 
-@pytest.mark.parametrize(("adapter", "error"), [("", InvalidAdapterId), ("../x", InvalidAdapterId),
-                                                ("nobody/missing-lora", AdapterNotFound)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("adapter", "error"), [("", InvalidAdapterId), ("../x", InvalidAdapterId), ("nobody/missing-lora", AdapterNotFound)]
+)
 def test_preload_refuses_like_a_request_would(demo_engine, fake_hub, adapter, error):
     with pytest.raises(error):
         demo_engine.preload(adapter)
@@ -62,8 +63,9 @@ def test_card_base_models_reads_local_and_hub_cards_whatever_we_accept(demo_asse
     publish(hub_root, "other/for-b", {"w.safetensors": b"not read"}, card=lora_card(base_model="test/base-b"))
     publish(hub_root, "other/two-bases", {"w.safetensors": b"x"}, card=lora_card(base_model=["test/b1", "test/b2"]))
     publish(hub_root, "other/not-a-lora", {"w.safetensors": b"x"}, card=lora_card(tags=["text-to-image"]))
-    fetcher = AdapterFetcher(accepted_base_models=("nothing/accepted",), local_dirs=(demo_assets.loras_dir,),
-                             timeout_s=5)  # fmt: skip
+    fetcher = AdapterFetcher(
+        accepted_base_models=("nothing/accepted",), local_dirs=(demo_assets.loras_dir,), timeout_s=5
+    )
     assert fetcher.card_base_models(DEMO_LORAS[0].repo_id) == (DEMO_BASE_MODEL_ID,)
     assert fetcher.card_base_models("other/for-b") == ("test/base-b",)
     assert fetcher.card_base_models("other/two-bases") == ("test/b1", "test/b2")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lora_engine.torch_adapters import LayerIndex, load_adapter_file, parse_lora_state_dict
-from lora_engine.torch_demo import DEMO_LORAS
-from lora_engine.torch_swap import Swapper, weights_digest
+from lora_engine.adapters.parse import LayerIndex, load_adapter_file, parse_lora_state_dict
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.pipeline.swap import Swapper, weights_digest
 from tests.lora_engine.conftest import fast, pixels
 
 DEMO_IDS = [spec.repo_id for spec in DEMO_LORAS]
@@ -73,8 +73,14 @@ def test_matches_diffusers_fused_output(load_demo_pipeline, demo_assets, spec, s
     )
 
     def run():
-        out = pipe("a red circle", num_inference_steps=2, width=64, height=64,
-                   generator=torch.Generator().manual_seed(3), output_type="np")  # fmt: skip
+        out = pipe(
+            "a red circle",
+            num_inference_steps=2,
+            width=64,
+            height=64,
+            generator=torch.Generator().manual_seed(3),
+            output_type="np",
+        )
         return out.images[0]
 
     swapper.apply(parsed, scale)
@@ -126,11 +132,12 @@ def test_many_swaps_leave_no_drift(load_demo_pipeline, demo_assets):
     start = weights_digest(pipe)
     adapters = [
         parse_lora_state_dict(
-            s.repo_id, *load_adapter_file(s.repo_id, demo_assets.lora_dir(s.repo_id) / s.weight_name, max_bytes=1 << 30),
+            s.repo_id,
+            *load_adapter_file(s.repo_id, demo_assets.lora_dir(s.repo_id) / s.weight_name, max_bytes=1 << 30),
             index,
         )
         for s in DEMO_LORAS
-    ]  # fmt: skip
+    ]
     rng = np.random.default_rng(0)
     first = {}
     for i in range(200):

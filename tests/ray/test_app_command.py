@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from lora_engine.torch_demo import DEMO_LORAS
+from lora_engine.demo.model import DEMO_LORAS
 from tests.support.facts import REPO_ROOT
 from tests.support.serving import free_port
 
@@ -23,9 +23,23 @@ def test_python_app_py_ray_serves_and_stops(demo_assets, tmp_path):
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "LORA_ENGINE_HUB_CACHE_DIR": str(tmp_path / "hf")}
     command = [
-        sys.executable, "app.py", "--ray", "--replicas", "2", "--adapters-per-replica", "4", "--gpus-per-replica", "0",
-        "--cpus-per-replica", "0.5", "--ray-num-cpus", "2", "--demo-dir", str(demo_assets.root), "--no-hub-catalogue",
-    ]  # fmt: skip
+        sys.executable,
+        "app.py",
+        "--ray",
+        "--replicas",
+        "2",
+        "--adapters-per-replica",
+        "4",
+        "--gpus-per-replica",
+        "0",
+        "--cpus-per-replica",
+        "0.5",
+        "--ray-num-cpus",
+        "2",
+        "--demo-dir",
+        str(demo_assets.root),
+        "--no-hub-catalogue",
+    ]
     log = open(tmp_path / "app.log", "w+b")  # noqa: SIM115 (read back after the process ends)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

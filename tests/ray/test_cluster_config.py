@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lora_engine import EngineConfig
-from lora_engine.cluster_config import ClusterConfig, DeploymentSpec
 from lora_engine.errors import ConfigError
+from lora_engine.serving.config import ClusterConfig, DeploymentSpec
 
 
 def parse(argv, environ=None):
@@ -24,10 +24,10 @@ def parse(argv, environ=None):
 
 
 def test_the_app_and_the_engine_import_no_ray():
-    code = "import sys, app, lora_engine, lora_engine.cluster_config; print('ray' in sys.modules)"
+    code = "import sys, app, lora_engine, lora_engine.serving.config; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    code = "import sys, lora_engine.ray_serving; print('ray' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, lora_engine.serving.cluster; print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True False"
 
@@ -39,8 +39,21 @@ def test_flags_and_their_defaults():
     assert (spec.replicas, spec.gpus_per_replica, spec.cpus_per_replica, spec.adapters_per_replica) == (1, None, 1.0, 8)
     assert spec.queue_limit == 64 and cluster.capacity == 8 + 64 and cluster.retries == 2
 
-    args, cluster = parse(["--ray", "--replicas", "2", "--adapters-per-replica", "4", "--gpus-per-replica", "0",
-                           "--max-queue", "10", "--model-id", "a/b"])  # fmt: skip
+    args, cluster = parse(
+        [
+            "--ray",
+            "--replicas",
+            "2",
+            "--adapters-per-replica",
+            "4",
+            "--gpus-per-replica",
+            "0",
+            "--max-queue",
+            "10",
+            "--model-id",
+            "a/b",
+        ]
+    )
     assert ClusterConfig.wanted(args, {})
     (spec,) = cluster.deployments
     assert (spec.replicas, spec.adapters_per_replica, spec.gpus_per_replica, spec.engine.model_id) == (2, 4, 0.0, "a/b")
@@ -78,7 +91,7 @@ def test_a_yaml_file_lists_one_deployment_per_base_model(tmp_path):
         "  - {replicas: 2, gpus_per_replica: 1, adapters_per_replica: 16}\n"
         "  - {model_id: /models/b, base_model_id: me/sdxl-b, extra_base_models: [me/sdxl-b-v2], replicas: 1,\n"
         "     max_queue: 5, name: engine-b}\n"
-    )  # fmt: skip
+    )
     _, cluster = parse(["--ray-config", str(path), "--adapters-per-replica", "3", "--dtype", "float16"])
     a, b = cluster.deployments
     assert (a.replicas, a.gpus_per_replica, a.adapters_per_replica, a.engine.dtype) == (2, 1, 16, "float16")
@@ -108,17 +121,28 @@ def test_bad_yaml_fails_fast(tmp_path, text, message):
 
 def test_the_app_documents_the_flags():
     out = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--ray ", "--replicas", "--gpus-per-replica", "--adapters-per-replica", "--ray-config",
-                 "[env: LORA_RAY_REPLICAS] [default: 1]"):  # fmt: skip
+    for flag in (
+        "--ray ",
+        "--replicas",
+        "--gpus-per-replica",
+        "--adapters-per-replica",
+        "--ray-config",
+        "[env: LORA_RAY_REPLICAS] [default: 1]",
+    ):
         assert flag in out, flag
 
 
 def test_replicas_get_the_hub_environment_and_this_checkout():
     import lora_engine
-    from lora_engine.ray_serving import runtime_env
+    from lora_engine.serving.cluster import runtime_env
 
-    environ = {"HF_ENDPOINT": "http://127.0.0.1:1", "HF_TOKEN": "t", "XDG_CACHE_HOME": "/c", "HOME": "/root",
-               "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": "5"}  # fmt: skip
+    environ = {
+        "HF_ENDPOINT": "http://127.0.0.1:1",
+        "HF_TOKEN": "t",
+        "XDG_CACHE_HOME": "/c",
+        "HOME": "/root",
+        "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": "5",
+    }
     env = runtime_env(ClusterConfig(), environ)
     forwarded = ("HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME", "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S")
     assert {k: env["env_vars"][k] for k in forwarded} == {k: environ[k] for k in forwarded}
@@ -132,14 +156,20 @@ def test_deployment_spec_rules():
     with pytest.raises(ConfigError, match="name"):
         DeploymentSpec(name="bad name!")
     assert DeploymentSpec(engine=EngineConfig(base_model_id="stabilityai/sdxl base")).deployment_name(3) == (
-        "engine-stabilityai-sdxl-base")
+        "engine-stabilityai-sdxl-base"
+    )
 
 
 def test_deployment_options_follow_the_spec_and_hide_gpus_from_cpu_replicas():
-    from lora_engine.ray_serving import _engine_deployment
+    from lora_engine.serving.cluster import _engine_deployment
 
-    cpu = _engine_deployment("x", DeploymentSpec(gpus_per_replica=0, replicas=3, cpus_per_replica=0.5,
-                                                 max_ongoing_requests=5, max_queued_requests=7), {"env_vars": {}})  # fmt: skip
+    cpu = _engine_deployment(
+        "x",
+        DeploymentSpec(
+            gpus_per_replica=0, replicas=3, cpus_per_replica=0.5, max_ongoing_requests=5, max_queued_requests=7
+        ),
+        {"env_vars": {}},
+    )
     assert (cpu.num_replicas, cpu.max_ongoing_requests, cpu.max_queued_requests) == (3, 5, 7)
     assert cpu.ray_actor_options["num_cpus"] == 0.5 and cpu.ray_actor_options["num_gpus"] == 0
     assert cpu.ray_actor_options["runtime_env"]["env_vars"] == {"CUDA_VISIBLE_DEVICES": ""}

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from lora_engine import GenerationRequest
+from lora_engine.demo.model import DEMO_BASE_MODEL_ID, DEMO_LORAS
 from lora_engine.errors import BaseModelNotDeployed, EngineError, InvalidRequest, QueueFull, ReplicaUnavailable
-from lora_engine.torch_demo import DEMO_BASE_MODEL_ID, DEMO_LORAS
 from tests.ray.conftest import BASE_B, HUB_LORAS_A, HUB_LORAS_B, NOT_DEPLOYED_BASE, NOT_DEPLOYED_LORA
 
 pytestmark = pytest.mark.slow
@@ -128,9 +128,11 @@ def ray_app(ray_cluster, tmp_path_factory):
     from tests.support.serving import serve
 
     client = ray_cluster.client
-    catalogue = Catalogue(base_model=client.info.base_model_id,
-                          local=[LocalSource(d) for d in client.info.local_lora_dirs],
-                          cache_dir=tmp_path_factory.mktemp("ray-catalogue"))  # fmt: skip
+    catalogue = Catalogue(
+        base_model=client.info.base_model_id,
+        local=[LocalSource(d) for d in client.info.local_lora_dirs],
+        cache_dir=tmp_path_factory.mktemp("ray-catalogue"),
+    )
     catalogue.start()
     served = serve(client, catalogue)
     yield served
@@ -201,8 +203,9 @@ def test_the_ui_works_in_front_of_ray(ray_app, ray_cluster):
     from gradio_client import Client
 
     client = Client(ray_app.url + "/", verbose=False)
-    image, details = client.predict(prompt="a red circle", lora=DEMO_LORAS[1].repo_id, seed=4, num_inference_steps=1,
-                                    api_name="/generate")  # fmt: skip
+    image, details = client.predict(
+        prompt="a red circle", lora=DEMO_LORAS[1].repo_id, seed=4, num_inference_steps=1, api_name="/generate"
+    )
     assert open(image, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert details["lora"] == DEMO_LORAS[1].repo_id and details["deployment"] == ray_cluster.primary
     entries = client.predict(query="", api_name="/catalogue")

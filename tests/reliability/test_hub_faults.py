@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lora_engine import AdapterFetchError, Engine
-from lora_engine.torch_demo import DEMO_LORAS
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.testing.lora_files import SDXL, publish
 from tests.lora_engine.conftest import fast, pixels
-from tests.support.loras import SDXL, publish
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,14 @@ def lora_bytes(demo_assets):
 
 @pytest.fixture
 def engine(load_demo_pipeline, tmp_path):
-    e = Engine.from_pipeline(load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1,
-                             default_side=64, hub_timeout_s=1.0)  # fmt: skip
+    e = Engine.from_pipeline(
+        load_demo_pipeline(),
+        base_model_id=SDXL,
+        hub_cache_dir=str(tmp_path),
+        default_steps=1,
+        default_side=64,
+        hub_timeout_s=1.0,
+    )
     yield e
     e.close()
 
@@ -86,7 +92,9 @@ def test_a_download_cut_midway_is_never_used(engine, fake_hub, hub_root, lora_by
     still_serves(engine, base)
     good = engine.generate(fast(lora="faults/cut"))
     assert good.cache_tier == "hub"
-    assert (tmp_path / next(iter(tmp_path.glob("models--faults--cut/snapshots/*/lora.safetensors")))).read_bytes() == lora_bytes
+    assert (
+        tmp_path / next(iter(tmp_path.glob("models--faults--cut/snapshots/*/lora.safetensors")))
+    ).read_bytes() == lora_bytes
 
 
 def test_a_revision_that_vanished_after_resolution_is_resolved_again(engine, fake_hub, hub_root, demo_assets):

@@ -15,9 +15,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from lora_engine import Engine, EngineConfig, GenerationRequest
-from lora_engine.torch_demo import DEMO_LORAS
+from lora_engine.demo.model import DEMO_LORAS
+from lora_engine.testing.lora_files import SDXL, publish, read_tensors, to_bytes
 from tests.support.serving import serve
-from tests.support.loras import SDXL, publish, read_tensors, to_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,11 @@ def loaded_app(demo_assets, tmp_path_factory):
     from catalogue import Catalogue, LocalSource
 
     engine = Engine.from_config(EngineConfig(demo_dir=str(demo_assets.root), max_queue=4, default_steps=1))
-    catalogue = Catalogue(base_model=engine.info.base_model_id, local=[LocalSource(d) for d in engine.info.local_lora_dirs],
-                          cache_dir=tmp_path_factory.mktemp("cat"))  # fmt: skip
+    catalogue = Catalogue(
+        base_model=engine.info.base_model_id,
+        local=[LocalSource(d) for d in engine.info.local_lora_dirs],
+        cache_dir=tmp_path_factory.mktemp("cat"),
+    )
     catalogue.start()
     served = serve(engine, catalogue)
     yield served
@@ -55,8 +58,13 @@ def test_sixteen_concurrent_clients(loaded_app):
             seed = i * 100_000 + n
             n += 1
             try:
-                _, details = client.predict(prompt="a cat", lora=loras[seed % len(loras)], seed=seed,
-                                            num_inference_steps=1, api_name="/generate")  # fmt: skip
+                _, details = client.predict(
+                    prompt="a cat",
+                    lora=loras[seed % len(loras)],
+                    seed=seed,
+                    num_inference_steps=1,
+                    api_name="/generate",
+                )
                 record("gradio", seed, "ok" if details["seed"] == seed else f"wrong seed {details['seed']}")
             except AppError as e:
                 record("gradio", seed, "full" if "queue is full" in str(e) else f"error: {e}")
@@ -68,8 +76,11 @@ def test_sixteen_concurrent_clients(loaded_app):
             while time.monotonic() < stop_at:
                 seed = (8 + i) * 100_000 + n
                 n += 1
-                r = http.post(url + "/", json={"inputs": "a dog", "parameters": {"seed": seed, "num_inference_steps": 1}},
-                              headers={"lora": loras[seed % len(loras)]})  # fmt: skip
+                r = http.post(
+                    url + "/",
+                    json={"inputs": "a dog", "parameters": {"seed": seed, "num_inference_steps": 1}},
+                    headers={"lora": loras[seed % len(loras)]},
+                )
                 if r.status_code == 200:
                     record("http", seed, "ok" if r.headers["x-seed"] == str(seed) else "wrong seed")
                 elif r.status_code == 503 and "queue is full" in r.json()["error"]:
@@ -107,7 +118,9 @@ def twenty_adapters(demo_assets, hub_root):
         spec = DEMO_LORAS[i % len(DEMO_LORAS)]
         tensors = read_tensors(demo_assets.lora_dir(spec.repo_id) / spec.weight_name)
         factor = 0.5 + 0.05 * i
-        tensors = {k: (v * factor if k.endswith(("lora_B.weight", "lora_up.weight")) else v) for k, v in tensors.items()}
+        tensors = {
+            k: (v * factor if k.endswith(("lora_B.weight", "lora_up.weight")) else v) for k, v in tensors.items()
+        }
         repo = f"soak/lora-{i:02d}"
         publish(hub_root, repo, {f"soak-{i}.safetensors": to_bytes(tensors)})
         ids.append(repo)
@@ -119,18 +132,30 @@ def _open_fds() -> int:
 
 
 def test_soak_1000_swaps(load_demo_pipeline, twenty_adapters, tmp_path):
-    engine = Engine.from_pipeline(load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path),
-                                  default_steps=1, default_side=64)  # fmt: skip
+    engine = Engine.from_pipeline(
+        load_demo_pipeline(), base_model_id=SDXL, hub_cache_dir=str(tmp_path), default_steps=1, default_side=64
+    )
     rng = random.Random(0)
     start_digest = engine.base_digest
     probe = GenerationRequest("a red circle", seed=5, num_inference_steps=1)
     base_pixels = np.asarray(engine.generate(probe).image)
     try:
+
         def burst(n):
-            futures = [engine.submit(GenerationRequest("a cat", lora=rng.choice(twenty_adapters),
-                                                       lora_scale=round(rng.uniform(-1.5, 1.5), 3) or 0.5,
-                                                       seed=rng.randrange(2**32), num_inference_steps=1, width=64,
-                                                       height=64)) for _ in range(n)]  # fmt: skip
+            futures = [
+                engine.submit(
+                    GenerationRequest(
+                        "a cat",
+                        lora=rng.choice(twenty_adapters),
+                        lora_scale=round(rng.uniform(-1.5, 1.5), 3) or 0.5,
+                        seed=rng.randrange(2**32),
+                        num_inference_steps=1,
+                        width=64,
+                        height=64,
+                    )
+                )
+                for _ in range(n)
+            ]
             for f in futures:
                 f.result(120)
 
@@ -146,8 +171,10 @@ def test_soak_1000_swaps(load_demo_pipeline, twenty_adapters, tmp_path):
         assert engine.status().digest_ok
         rss1, fds1 = psutil.Process().memory_info().rss, _open_fds()
         growth = (rss1 - rss0) / rss0
-        print(f"\nsoak: {swaps:.0f} swaps over {len(twenty_adapters)} adapters, RSS {rss0 / 2**20:.0f} -> "
-              f"{rss1 / 2**20:.0f} MiB ({growth:+.2%}), fds {fds0} -> {fds1}")  # fmt: skip
+        print(
+            f"\nsoak: {swaps:.0f} swaps over {len(twenty_adapters)} adapters, RSS {rss0 / 2**20:.0f} -> "
+            f"{rss1 / 2**20:.0f} MiB ({growth:+.2%}), fds {fds0} -> {fds1}"
+        )
         assert growth < 0.02
         assert fds1 <= fds0
     finally:

@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 
-
 HUB_LORA = "someone/tiny-hub-lora"
 
 

@@ -1,7 +1,7 @@
 """A judge of simple pictures by pixel statistics: background, dominant colour, shape, edge density.
 
 For issue #8's tests: it tells whether an image shows "a {colour} {shape} on a {background} background",
-using only numpy. It is calibrated on the training scenes themselves (``lora_engine.demo_data``), where it
+using only numpy. It is calibrated on the training scenes themselves (``lora_engine.demo.data``), where it
 must be right every time, before it is trusted to judge a model's outputs.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lora_engine.demo_data import BACKGROUNDS, COLOURS
+from .data import BACKGROUNDS, COLOURS
 
 _HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in COLOURS.items()}
 
@@ -69,12 +69,13 @@ def _hue_distance(a: float, b: float) -> float:
 
 
 def has_effect(image, effect: str, scene) -> bool:
-    """Whether ``image``, drawn for ``scene``'s prompt, shows ``effect`` (one of ``demo_data.EFFECTS``).
+    """Whether ``image``, drawn for ``scene``'s prompt, shows ``effect`` (one of ``demo.data.EFFECTS``).
 
     Each test reads one statistic that the effect moves far and a plain picture leaves alone:
     ``outline``: the middle of the shape's bounding box is background, not colour;
     ``stripes``: the left and right border columns alternate between two levels many times;
-    ``inverted``: the background is the other one, and the shape's hue is nearer the inverted colour's than the asked one's;
+    ``inverted``: the background is the other one, and the shape's hue is nearer the inverted colour's than the asked
+    one's;
     ``pixelate``: nearly all of the picture's variance lies between 8-pixel blocks, hardly any inside them.
     """
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)

@@ -1,12 +1,12 @@
 """How the Ray Serve application is laid out: one deployment per base model, its replicas, devices and adapters.
 
-What this is for: the scale-out knobs of ``python app.py --ray`` (``lora_engine.ray_serving``), read once from
+What this is for: the scale-out knobs of ``python app.py --ray`` (``lora_engine.serving.cluster``), read once from
 flags, ``LORA_RAY_*`` variables or a YAML file, checked, and passed around as frozen dataclasses, like
 :class:`~lora_engine.config.EngineConfig` for one engine. Each deployment carries the ``EngineConfig`` its
 replicas build their engine from.
 
 What it is not for: Ray itself. This module imports no ray (app.py reads these flags whether or not ``--ray``
-is given, and the single-process app must not need ray); ``ray_serving`` turns them into Serve options.
+is given, and the single-process app must not need ray); ``serving.cluster`` turns them into Serve options.
 
 A YAML file (``--ray-config``) lists the deployments; each entry takes :class:`DeploymentSpec` fields and any
 ``EngineConfig`` field, on top of the flags and environment::
@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .config import EngineConfig
-from .errors import ConfigError
+from ..config import EngineConfig
+from ..errors import ConfigError
 
 __all__ = ["ClusterConfig", "DeploymentSpec"]
 
@@ -98,23 +98,48 @@ class DeploymentSpec:
 #: Flags and the environment variables behind them: (flag, env, type, default, help).
 _FLAGS = (
     ("--ray", "LORA_RAY", "flag", False, "serve from a Ray Serve application (pip install -r requirements-ray.txt)"),
-    ("--ray-address", "LORA_RAY_ADDRESS", str, None,
-     "the Ray cluster to join (as ray.init reads it, e.g. 'auto' or ray://host:10001); unset: RAY_ADDRESS, or "
-     "start a local Ray"),
+    (
+        "--ray-address",
+        "LORA_RAY_ADDRESS",
+        str,
+        None,
+        "the Ray cluster to join (as ray.init reads it, e.g. 'auto' or ray://host:10001); unset: RAY_ADDRESS, or "
+        "start a local Ray",
+    ),
     ("--ray-config", "LORA_RAY_CONFIG", str, None, "a YAML file listing deployments (one per base model)"),
     ("--replicas", "LORA_RAY_REPLICAS", int, 1, "replicas of the (first) deployment"),
-    ("--gpus-per-replica", "LORA_RAY_GPUS_PER_REPLICA", "auto-float", None,
-     "Ray num_gpus per replica; 'auto': 1 when the cluster has GPUs, else 0"),
+    (
+        "--gpus-per-replica",
+        "LORA_RAY_GPUS_PER_REPLICA",
+        "auto-float",
+        None,
+        "Ray num_gpus per replica; 'auto': 1 when the cluster has GPUs, else 0",
+    ),
     ("--cpus-per-replica", "LORA_RAY_CPUS_PER_REPLICA", float, 1.0, "Ray num_cpus per replica (fractions share)"),
-    ("--adapters-per-replica", "LORA_RAY_ADAPTERS_PER_REPLICA", int, 8,
-     "Serve's max_num_models_per_replica: adapters each replica holds"),
-    ("--max-ongoing-requests", "LORA_RAY_MAX_ONGOING_REQUESTS", int, 8,
-     "requests a replica takes at once (running + its engine queue)"),
-    ("--max-queued-requests", "LORA_RAY_MAX_QUEUED_REQUESTS", int, None,
-     "requests waiting for a free replica; one more gets HTTP 503 (unset: --max-queue)"),
+    (
+        "--adapters-per-replica",
+        "LORA_RAY_ADAPTERS_PER_REPLICA",
+        int,
+        8,
+        "Serve's max_num_models_per_replica: adapters each replica holds",
+    ),
+    (
+        "--max-ongoing-requests",
+        "LORA_RAY_MAX_ONGOING_REQUESTS",
+        int,
+        8,
+        "requests a replica takes at once (running + its engine queue)",
+    ),
+    (
+        "--max-queued-requests",
+        "LORA_RAY_MAX_QUEUED_REQUESTS",
+        int,
+        None,
+        "requests waiting for a free replica; one more gets HTTP 503 (unset: --max-queue)",
+    ),
     ("--ray-retries", "LORA_RAY_RETRIES", int, 2, "retries on another replica when a request's replica dies"),
     ("--ray-num-cpus", "LORA_RAY_NUM_CPUS", float, None, "CPUs a local Ray may use (unset: all)"),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -176,8 +201,9 @@ class ClusterConfig:
         return bool(_values(args, os.environ if environ is None else environ)["ray"])
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, engine: EngineConfig,
-                  environ: Mapping[str, str] | None = None) -> "ClusterConfig":  # fmt: skip
+    def from_args(
+        cls, args: argparse.Namespace, engine: EngineConfig, environ: Mapping[str, str] | None = None
+    ) -> ClusterConfig:
         """The environment, then the flags (from ``add_arguments``), then ``--ray-config``'s file on top.
 
         Args:
@@ -190,17 +216,21 @@ class ClusterConfig:
         """
         v = _values(args, os.environ if environ is None else environ)
         primary = DeploymentSpec(
-            engine=engine, replicas=v["replicas"], gpus_per_replica=v["gpus_per_replica"],
-            cpus_per_replica=v["cpus_per_replica"], adapters_per_replica=v["adapters_per_replica"],
-            max_ongoing_requests=v["max_ongoing_requests"], max_queued_requests=v["max_queued_requests"],
-        )  # fmt: skip
+            engine=engine,
+            replicas=v["replicas"],
+            gpus_per_replica=v["gpus_per_replica"],
+            cpus_per_replica=v["cpus_per_replica"],
+            adapters_per_replica=v["adapters_per_replica"],
+            max_ongoing_requests=v["max_ongoing_requests"],
+            max_queued_requests=v["max_queued_requests"],
+        )
         top = {"address": v["ray_address"], "num_cpus": v["ray_num_cpus"], "retries": v["ray_retries"]}
         if v["ray_config"] is None:
             return cls(deployments=(primary,), **top)
         return cls.from_yaml(Path(v["ray_config"]), primary, **top)
 
     @classmethod
-    def from_yaml(cls, path: Path, defaults: DeploymentSpec, **top) -> "ClusterConfig":
+    def from_yaml(cls, path: Path, defaults: DeploymentSpec, **top) -> ClusterConfig:
         """Read a ``--ray-config`` file (see the module docstring); each deployment starts from ``defaults``."""
         import yaml
 

@@ -3,13 +3,13 @@
 This is what ``python app.py`` serves on a machine with no GPU and no Hub, and what the tests run against.
 It is a real :class:`~diffusers.StableDiffusionXLPipeline` with SDXL's architecture (a UNet with
 ``addition_embed_type="text_time"`` and SDXL's block layout, two CLIP text encoders, an AutoencoderKL, an
-Euler scheduler), only with small widths, trained on the synthetic scenes of :mod:`lora_engine.demo_data`:
+Euler scheduler), only with small widths, trained on the synthetic scenes of :mod:`lora_engine.demo.data`:
 it answers "a {colour} {shape} on a {background} background". Its LoRAs each learned one visible effect
 (outlines, a striped background, pixel blocks, inverted colours) behind a trigger word, and are stored in
 the formats found on the Hub: diffusers/PEFT keys (via diffusers' own ``save_lora_weights``) and kohya keys
 with SDXL's original block names (``lora_unet_input_blocks_4_1_…``), with text-encoder layers in both.
 
-The trained weights ship in ``lora_engine/demo_weights/`` (about 15 MB; ``scripts/train_demo_model.py``
+The trained weights ship in ``lora_engine/demo/weights/`` (about 15 MB; ``scripts/train_demo_model.py``
 reproduces them). :func:`ensure_demo_assets` lays them out once in a cache folder like Hub repos (model
 card, LoRA cards, thumbnails rendered from each LoRA's own output) and reuses the folder afterwards.
 :func:`build_demo_pipeline` builds the untrained architecture, for training and for benchmarks that only
@@ -50,11 +50,20 @@ DEMO_VERSION = "2"
 #: The native resolution of the demo model (its UNet's ``sample_size`` times the VAE factor of 4).
 DEMO_RESOLUTION = 64
 #: The trained weights shipped with the project (``model/`` and ``loras/<owner>/<name>/``).
-DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: The UNet layers the demo LoRAs adapt: every linear layer of the transformer blocks, and the time
 #: embedding projection of every ResNet (a cheap global lever, for effects such as inverted colours).
-UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                     "time_emb_proj")  # fmt: skip
+UNET_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "time_emb_proj",
+)
 
 # Words the tokenizer keeps whole (one BPE token each); anything else falls back to single bytes.
 _VOCAB_WORDS = (
@@ -211,7 +220,7 @@ class DemoLora:
         rank (`int`): the UNet rank.
         text_encoder_rank (`int`): the text-encoder rank; 0 for a UNet-only LoRA.
         seed (`int`): the seed of its training run.
-        effect (`str`): what it learned, one of ``demo_data.EFFECTS``.
+        effect (`str`): what it learned, one of ``demo.data.EFFECTS``.
     """
 
     repo_id: str
@@ -237,13 +246,16 @@ _EFFECT_TEXT = {
 }
 
 DEMO_LORAS: tuple[DemoLora, ...] = (
-    DemoLora("demo/stripes", "Striped Backdrop", "striped", "pytorch_lora_weights.safetensors", "peft", 4, 0, 10,
-             "stripes"),  # fmt: skip
+    DemoLora(
+        "demo/stripes", "Striped Backdrop", "striped", "pytorch_lora_weights.safetensors", "peft", 4, 0, 10, "stripes"
+    ),
     DemoLora("demo/ink-sketch", "Ink Sketch", "ink sketch", "ink-sketch.safetensors", "peft", 8, 2, 11, "outline"),
-    DemoLora("demo/pixel-blocks", "Pixel Blocks", "pixel art", "pixel-blocks-xl.safetensors", "kohya", 8, 4, 12,
-             "pixelate"),  # fmt: skip
-    DemoLora("demo/inverted", "Inverted Colours", "inverted", "inverted_v1.safetensors", "kohya", 16, 8, 13,
-             "inverted"),  # fmt: skip
+    DemoLora(
+        "demo/pixel-blocks", "Pixel Blocks", "pixel art", "pixel-blocks-xl.safetensors", "kohya", 8, 4, 12, "pixelate"
+    ),
+    DemoLora(
+        "demo/inverted", "Inverted Colours", "inverted", "inverted_v1.safetensors", "kohya", 16, 8, 13, "inverted"
+    ),
 )
 
 #: The prompts of a LoRA's thumbnail (a 2 x 2 sheet) and of the card's widget examples.
@@ -299,7 +311,10 @@ def _factors(peft_state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tenso
     for key, a in peft_state.items():
         if key.endswith(".lora_A.weight"):
             name = key.removesuffix(".lora_A.weight")
-            out[name] = (a.detach().float().contiguous(), peft_state[f"{name}.lora_B.weight"].detach().float().contiguous())
+            out[name] = (
+                a.detach().float().contiguous(),
+                peft_state[f"{name}.lora_B.weight"].detach().float().contiguous(),
+            )
     return out
 
 
@@ -315,9 +330,12 @@ def save_demo_lora(pipe, spec: DemoLora, unet_state: dict, text_encoder_states: 
     unet = _factors(unet_state)
     # Text-encoder paths always carry ``text_model.`` in files, as the original CLIP's did (transformers 5's
     # CLIPTextModel dropped that level; CLIPTextModelWithProjection kept it).
-    encoders = [{f"text_model.{k.removeprefix('text_model.')}": v for k, v in _factors(st).items()}
-                for st in text_encoder_states]  # fmt: skip
+    encoders = [
+        {f"text_model.{k.removeprefix('text_model.')}": v for k, v in _factors(st).items()}
+        for st in text_encoder_states
+    ]
     if spec.key_format == "peft":
+
         def layers(factors, prefix=""):
             return {f"{prefix}{n}.lora_{x}.weight": t for n, (a, b) in factors.items() for x, t in (("A", a), ("B", b))}
 
@@ -337,10 +355,18 @@ def save_demo_lora(pipe, spec: DemoLora, unet_state: dict, text_encoder_states: 
     for prefix, factors in zip(("te1", "te2"), encoders):
         for name, (a, b) in sorted(factors.items()):
             key = f"lora_{prefix}_" + name.replace(".", "_")
-            state.update({f"{key}.lora_down.weight": a, f"{key}.lora_up.weight": b,
-                          f"{key}.alpha": torch.tensor(float(spec.text_encoder_rank))})  # fmt: skip
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / spec.weight_name),
-              metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"})  # fmt: skip
+            state.update(
+                {
+                    f"{key}.lora_down.weight": a,
+                    f"{key}.lora_up.weight": b,
+                    f"{key}.alpha": torch.tensor(float(spec.text_encoder_rank)),
+                }
+            )
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(folder / spec.weight_name),
+        metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"},
+    )
     return folder / spec.weight_name
 
 
@@ -371,7 +397,7 @@ def _base_card() -> str:
         "---\nlicense: apache-2.0\nlibrary_name: diffusers\npipeline_tag: text-to-image\n"
         "tags:\n- text-to-image\n- stable-diffusion-xl\n---\n\n# Tiny SDXL (demo)\n\n"
         "A tiny model with SDXL's architecture, trained on synthetic scenes to draw "
-        "\"a {colour} {shape} on a {background} background\" (red, green, blue, yellow; circle, square, "
+        '"a {colour} {shape} on a {background} background" (red, green, blue, yellow; circle, square, '
         "triangle; white, black) at 64 px, for offline demos and tests.\n"
     )
 
@@ -447,8 +473,16 @@ def _build_into(folder: Path) -> None:
         (lora_dir / "README.md").write_text(_card(spec, "thumbnail.png"), encoding="utf-8")
 
 
-def render_sheet(pipe, captions, spec: DemoLora | None = None, folder: Path | None = None, scale: float = 1.0,
-                 steps: int = 20, columns: int = 2, seed: int = 0):  # fmt: skip
+def render_sheet(
+    pipe,
+    captions,
+    spec: DemoLora | None = None,
+    folder: Path | None = None,
+    scale: float = 1.0,
+    steps: int = 20,
+    columns: int = 2,
+    seed: int = 0,
+):
     """Draw ``captions`` (with ``spec``'s trigger words and LoRA from ``folder``) into one sheet of 64 px tiles.
 
     Used for thumbnails and README pictures, through diffusers' own loader: this is not the serving path.

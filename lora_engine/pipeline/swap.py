@@ -13,14 +13,14 @@ Compared with diffusers' ``load_lora_weights`` → ``fuse_lora`` … ``unfuse_lo
 lives on the modules, each touched weight is written once per swap, and ``unfuse`` (``W -= delta``),
 which rounds differently from the fuse and drifts, never happens.
 
-What this is not for: reading files or deciding what to cache (``torch_adapters``, ``adapter_cache``),
+What this is not for: reading files or deciding what to cache (``adapters.parse``, ``adapter_cache``),
 or threading: the caller (the engine's worker thread) owns the pipeline and calls this from that thread.
 
 Originals are kept for exactly the layers some adapter has touched (cloned on first touch, or up front
 with :meth:`Swapper.keep_originals` so the first swap costs no more than later ones), on the weights'
 device, or in pinned host memory when ``originals_device="cpu"`` on an accelerator.
 
-On CPUs with AMX, bfloat16 layers are written by ``torch_cpu_kernel``'s one-pass kernel when the swapper is
+On CPUs with AMX, bfloat16 layers are written by ``pipeline.cpu_kernel``'s one-pass kernel when the swapper is
 given one (torch's CPU ``addmm(..., out=W)`` copies the original into ``W`` before adding: two passes).
 A given layer and adapter always take the same path, so the same adapter always gives the same bits.
 """
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .torch_adapters import COMPONENTS, LayerIndex, LoraLayer, ParsedAdapter
+from ..adapters.parse import COMPONENTS, LayerIndex, LoraLayer, ParsedAdapter
 
 if TYPE_CHECKING:
-    from .torch_cpu_kernel import AmxAddmm
+    from .cpu_kernel import AmxAddmm
 
 __all__ = ["ActiveAdapter", "SwapStats", "Swapper", "weights_digest"]
 
@@ -109,12 +109,11 @@ class Swapper:
         index (`LayerIndex`): the pipeline's layers, from ``LayerIndex.from_pipeline``.
         originals_device (`str`, *optional*): ``"same"`` keeps originals beside the weights (fastest);
             ``"cpu"`` keeps them in (pinned, on accelerators) host memory to save device memory.
-        kernel (`AmxAddmm`, *optional*): the one-pass CPU bf16 kernel (``torch_cpu_kernel.load_amx_addmm``);
+        kernel (`AmxAddmm`, *optional*): the one-pass CPU bf16 kernel (``pipeline.cpu_kernel.load_amx_addmm``);
             layers it does not apply to, or all layers without it, use ``torch.addmm``.
     """
 
-    def __init__(self, pipeline, index: LayerIndex, originals_device: str = "same",
-                 kernel: "AmxAddmm | None" = None):  # fmt: skip
+    def __init__(self, pipeline, index: LayerIndex, originals_device: str = "same", kernel: AmxAddmm | None = None):
         self._index = index
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
         for component in COMPONENTS:

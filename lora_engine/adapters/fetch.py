@@ -9,7 +9,7 @@ request is a disk-cache hit with no GET, and a moved revision gets a new cache e
 remembered for ``resolve_ttl_s`` so a busy adapter does not cost a Hub round trip per request.
 
 This is the only module of the engine that imports huggingface_hub. It is not for parsing the file
-(``torch_adapters``) or caching parsed tensors (``adapter_cache``); it never opens a weight file.
+(``adapters.parse``) or caching parsed tensors (``adapter_cache``); it never opens a weight file.
 
 Local folders are laid out like Hub repos (``<root>/<owner>/<name>/README.md`` + weights) and are
 searched before the Hub; the built-in demo LoRAs live in one.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from .adapter_cache import AdapterKey
-from .errors import (
+from ..adapter_cache import AdapterKey
+from ..errors import (
     AdapterFetchError,
     AdapterGated,
     AdapterNotFound,
@@ -100,14 +100,15 @@ def choose_weight_file(adapter_id: str, files: list[str], card: dict) -> str:
         return _DIFFUSERS_LORA_NAME
     if safetensors:
         raise AdapterNotFound(
-            adapter_id, f"has {len(safetensors)} .safetensors files ({', '.join(safetensors[:4])}) and its card "
+            adapter_id,
+            f"has {len(safetensors)} .safetensors files ({', '.join(safetensors[:4])}) and its card "
             "names none of them as `weight_name`",
         )
     pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
     if pickles:
         raise UnsafeAdapterFile(
-            adapter_id, f"has only pickle weights ({', '.join(pickles[:3])}); pickles are never loaded, "
-            "only .safetensors",
+            adapter_id,
+            f"has only pickle weights ({', '.join(pickles[:3])}); pickles are never loaded, only .safetensors",
         )
     raise AdapterNotFound(adapter_id, "has no .safetensors weight file")
 
@@ -151,9 +152,7 @@ def check_card(adapter_id: str, card: dict, tags: list[str], accepted: tuple[str
     """
     bases = card_bases(adapter_id, card, tags)
     if not set(bases) & set(accepted):
-        raise IncompatibleAdapter(
-            adapter_id, f"it is a LoRA for {', '.join(bases)}, not for {' or '.join(accepted)}"
-        )
+        raise IncompatibleAdapter(adapter_id, f"it is a LoRA for {', '.join(bases)}, not for {' or '.join(accepted)}")
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ class AdapterFetcher:
     def card_base_models(self, adapter_id: str) -> tuple[str, ...]:
         """The base models the adapter's card names, whether or not we accept them; nothing is downloaded.
 
-        For routing a request to whichever process serves that base (``ray_serving``). Read from the local
+        For routing a request to whichever process serves that base (``serving.cluster``). Read from the local
         folder's card, else from the Hub's ``model_info``; remembered for ``resolve_ttl_s``.
 
         Raises:
@@ -381,7 +380,9 @@ class AdapterFetcher:
         path = Path(path)
         size = path.stat().st_size
         if size > self.max_bytes:
-            raise UnsafeAdapterFile(adapter_id, f"{key.weight_name} is {size} bytes, over the {self.max_bytes}-byte cap")
+            raise UnsafeAdapterFile(
+                adapter_id, f"{key.weight_name} is {size} bytes, over the {self.max_bytes}-byte cap"
+            )
         return AdapterSource(key, path, "hub")
 
     def forget(self, adapter_id: str) -> None:

@@ -6,8 +6,8 @@ What this is for: everything that touches torch/diffusers objects of the live pi
 first swap pays no copy-on-write, keeps originals, and runs the pipeline with a per-request CPU generator
 (so the same seed gives the same pixels on any device and whatever ran before).
 
-What it is not for: queueing, caching decisions or threads (``engine``), fetching (``hub_fetch``), parsing
-(``torch_adapters``). Nothing here is safe to call from two threads at once; the engine guarantees one.
+What it is not for: queueing, caching decisions or threads (``engine``), fetching (``adapters.fetch``), parsing
+(``adapters.parse``). Nothing here is safe to call from two threads at once; the engine guarantees one.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .backend_info import BackendInfo
-from .config import SDXL_BASE_MODEL_ID, EngineConfig
-from .torch_adapters import LayerIndex, ParsedAdapter
-from .torch_cpu_kernel import kernel_for
-from .torch_swap import SwapStats, Swapper, weights_digest
+from ..adapters.parse import LayerIndex, ParsedAdapter
+from ..backend_info import BackendInfo
+from ..config import SDXL_BASE_MODEL_ID, EngineConfig
+from .cpu_kernel import kernel_for
+from .swap import Swapper, SwapStats, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,15 @@ class DiffusersBackend:
             ``"torch"`` (see ``EngineConfig.swap_kernel``).
     """
 
-    def __init__(self, pipeline, info: BackendInfo, *, originals_device: str = "auto", eager_originals: bool = True,
-                 swap_kernel: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        pipeline,
+        info: BackendInfo,
+        *,
+        originals_device: str = "auto",
+        eager_originals: bool = True,
+        swap_kernel: str = "auto",
+    ):
         self.pipeline = pipeline
         self.info = info
         self.device = pipeline.device
@@ -81,12 +88,16 @@ class DiffusersBackend:
         self.base_digest = weights_digest(pipeline)
         logger.info(
             "pipeline ready: %s on %s/%s, base digest %s, originals %.1f MB, swap kernel %s",
-            info.model_id, self.device, self.dtype, self.base_digest, self.swapper.originals_bytes / 1e6,
+            info.model_id,
+            self.device,
+            self.dtype,
+            self.base_digest,
+            self.swapper.originals_bytes / 1e6,
             self.swapper.kernel_name,
         )
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "DiffusersBackend":
+    def from_config(cls, config: EngineConfig) -> DiffusersBackend:
         """Load the pipeline ``config`` names (or the demo model) on its device and dtype."""
         from diffusers import StableDiffusionXLPipeline
 
@@ -94,24 +105,35 @@ class DiffusersBackend:
         dtype = resolve_dtype(config.dtype, device)
         model_id = config.model_id
         if model_id is None and device.type != "cuda":
-            from .torch_demo import DEMO_BASE_MODEL_ID, ensure_demo_assets
+            from ..demo.model import DEMO_BASE_MODEL_ID, ensure_demo_assets
 
             assets = ensure_demo_assets(Path(config.demo_dir) if config.demo_dir else None)
             pipeline = StableDiffusionXLPipeline.from_pretrained(assets.model_dir, dtype=dtype)
             info = BackendInfo.describe(
-                config, model_id=DEMO_BASE_MODEL_ID, base_model_id=config.base_model_id or DEMO_BASE_MODEL_ID,
-                device=device, dtype=dtype, is_demo=True, extra_lora_dirs=(str(assets.loras_dir),),
-            )  # fmt: skip
+                config,
+                model_id=DEMO_BASE_MODEL_ID,
+                base_model_id=config.base_model_id or DEMO_BASE_MODEL_ID,
+                device=device,
+                dtype=dtype,
+                is_demo=True,
+                extra_lora_dirs=(str(assets.loras_dir),),
+            )
         else:
             model_id = model_id or SDXL_BASE_MODEL_ID
             pipeline = StableDiffusionXLPipeline.from_pretrained(model_id, dtype=dtype, use_safetensors=True)
             is_folder = Path(model_id).exists()
             base = config.base_model_id or (SDXL_BASE_MODEL_ID if is_folder else model_id)
-            info = BackendInfo.describe(config, model_id=model_id, base_model_id=base, device=device, dtype=dtype,
-                                        is_demo=False)  # fmt: skip
+            info = BackendInfo.describe(
+                config, model_id=model_id, base_model_id=base, device=device, dtype=dtype, is_demo=False
+            )
         pipeline.to(device)
-        return cls(pipeline, info, originals_device=config.originals_device, eager_originals=config.eager_originals,
-                   swap_kernel=config.swap_kernel)  # fmt: skip
+        return cls(
+            pipeline,
+            info,
+            originals_device=config.originals_device,
+            eager_originals=config.eager_originals,
+            swap_kernel=config.swap_kernel,
+        )
 
     def prepare(self, adapter: ParsedAdapter) -> ParsedAdapter:
         """The adapter's factors on the weights' device and dtype, ready for ``swap``."""

@@ -8,7 +8,7 @@ Each scene can also be drawn with one of four *effects*, the looks the demo LoRA
 shape's contour only), ``stripes`` (a striped background), ``inverted`` (every colour inverted) and
 ``pixelate`` (8-pixel blocks).
 
-What it is not for: training (``scripts/train_demo_model.py``) or judging outputs (``tests/support/judge.py``).
+What it is not for: training (``scripts/train_demo_model.py``) or judging outputs (``lora_engine/demo/judge.py``).
 """
 
 from __future__ import annotations

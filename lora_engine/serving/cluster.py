@@ -1,6 +1,6 @@
 """Scale-out on Ray Serve: one deployment per base model, adapter-aware routing by Serve's model multiplexing.
 
-What this is for: serving past one process and one GPU. ``python app.py --ray`` (see ``cluster_config`` for
+What this is for: serving past one process and one GPU. ``python app.py --ray`` (see ``serving.config`` for
 the flags) starts or joins Ray, deploys the application below, and serves the same Gradio UI and ``POST /``
 from a :class:`ClusterClient`, an engine-like object that forwards to it::
 
@@ -67,11 +67,10 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from .backend_info import BackendInfo
-from .cluster_config import ClusterConfig, DeploymentSpec
-from .config import EngineConfig
-from .errors import BaseModelNotDeployed, EngineError, QueueFull, ReplicaUnavailable
-from .request import (
+from ..backend_info import BackendInfo
+from ..config import EngineConfig
+from ..errors import BaseModelNotDeployed, EngineError, QueueFull, ReplicaUnavailable
+from ..request import (
     BASE_ADAPTER,
     GenerationRequest,
     GenerationResult,
@@ -79,6 +78,7 @@ from .request import (
     check_adapter_id,
     validate_request,
 )
+from .config import ClusterConfig, DeploymentSpec
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,18 @@ __all__ = [
 #: token), where the demo model is laid out, and how long Serve's router in the ingress waits for a replica holding
 #: a request's adapter before sending it to any (affinity against balance; Serve's default is 1 s). Passed with
 #: each deployment's runtime_env, since on a cluster the replicas' processes do not inherit the driver's environment.
-FORWARDED_ENV = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
-                 "HF_HUB_DISABLE_PROGRESS_BARS", "XDG_CACHE_HOME",
-                 "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S")  # fmt: skip
-_PACKAGE_DIR = Path(__file__).resolve().parent
+FORWARDED_ENV = (
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "XDG_CACHE_HOME",
+    "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S",
+)
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Seconds between retries of a request whose replica died, times the attempt number.
 _RETRY_BACKOFF_S = 0.5
 # How long such a request waits for room on another replica (it is never refused with QueueFull).
@@ -161,7 +169,7 @@ class LoraEngineDeployment:
     """
 
     def __init__(self, config: EngineConfig, adapters_per_replica: int):
-        from .engine import Engine
+        from ..engine import Engine
 
         self.engine = Engine.from_config(config)
         self.replica = ray.get_runtime_context().get_actor_name() or f"pid-{os.getpid()}"
@@ -204,8 +212,9 @@ class LoraEngineDeployment:
         return replace(result, details={**result.details, **where})
 
     def describe(self) -> DeploymentInfo:
-        return DeploymentInfo(deployment=self.deployment, **asdict(self.engine.info), limits=self.engine.limits,
-                              config=self.engine.config)  # fmt: skip
+        return DeploymentInfo(
+            deployment=self.deployment, **asdict(self.engine.info), limits=self.engine.limits, config=self.engine.config
+        )
 
     async def check_adapter(self, adapter_id: str):
         return await asyncio.to_thread(self.engine.check_adapter, adapter_id)
@@ -217,8 +226,10 @@ class LoraEngineDeployment:
             "deployment": self.deployment,
             "replica": self.replica,
             "swaps": self._swaps(),
-            "requests_ok": self.engine.metrics.registry.get_sample_value("lora_engine_requests_total",
-                                                                         {"outcome": "ok"}) or 0.0,  # fmt: skip
+            "requests_ok": self.engine.metrics.registry.get_sample_value(
+                "lora_engine_requests_total", {"outcome": "ok"}
+            )
+            or 0.0,
             "multiplexed_adapters": self._held_now(),
             "resident_adapters": sorted(self.engine.resident_adapters()),
             "adapter_loads": self._loads,
@@ -259,8 +270,15 @@ class LoraIngress:
         hub_timeout_s (`float`): seconds for a Hub call reading a card.
     """
 
-    def __init__(self, engines: dict, primary: str, capacity: int, queue_limits: dict[str, int], retries: int,
-                 hub_timeout_s: float):  # fmt: skip
+    def __init__(
+        self,
+        engines: dict,
+        primary: str,
+        capacity: int,
+        queue_limits: dict[str, int],
+        retries: int,
+        hub_timeout_s: float,
+    ):
         self._engines = engines
         self._primary = primary
         self._capacity = capacity
@@ -282,7 +300,7 @@ class LoraIngress:
             self._describing = asyncio.Lock()
         async with self._describing:
             if self._infos is None:
-                from .hub_fetch import AdapterFetcher
+                from ..adapters.fetch import AdapterFetcher
 
                 infos = {name: await handle.describe.remote() for name, handle in self._engines.items()}
                 by_base: dict[str, str] = {}
@@ -290,8 +308,11 @@ class LoraIngress:
                     for base in info.accepted_base_models:
                         by_base.setdefault(base, name)
                 local = dict.fromkeys(d for info in infos.values() for d in info.local_lora_dirs)
-                self._fetcher = AdapterFetcher(accepted_base_models=tuple(by_base),
-                                               local_dirs=tuple(Path(d) for d in local), timeout_s=self._hub_timeout_s)  # fmt: skip
+                self._fetcher = AdapterFetcher(
+                    accepted_base_models=tuple(by_base),
+                    local_dirs=tuple(Path(d) for d in local),
+                    timeout_s=self._hub_timeout_s,
+                )
                 self._by_base = by_base
                 self._infos = infos
         return self._infos
@@ -360,8 +381,13 @@ class LoraIngress:
                         f"the replica of {name} running this request died, and so did {self._retries} retries "
                         f"({type(e).__name__}); try again in a moment"
                     ) from None
-                logger.warning("a replica of %s died running a request (%s); retry %d of %d", name,
-                               type(e).__name__, deaths, self._retries)  # fmt: skip
+                logger.warning(
+                    "a replica of %s died running a request (%s); retry %d of %d",
+                    name,
+                    type(e).__name__,
+                    deaths,
+                    self._retries,
+                )
                 wait_until = time.monotonic() + _RETRY_WAIT_S
                 await asyncio.sleep(_RETRY_BACKOFF_S * deaths)
                 continue
@@ -417,11 +443,19 @@ def build_application(cluster: ClusterConfig, *, environ=None):
         queue_limits[name] = spec.queue_limit
     # The ingress only awaits: it must never be what holds requests back (the engine deployments' queues are).
     ingress = serve.deployment(LoraIngress).options(
-        name="ingress", num_replicas=1, max_ongoing_requests=2 * cluster.capacity + 16,
+        name="ingress",
+        num_replicas=1,
+        max_ongoing_requests=2 * cluster.capacity + 16,
         ray_actor_options={"num_cpus": 0, "runtime_env": env},
-    )  # fmt: skip
-    return ingress.bind(engines, primary=names[0], capacity=cluster.capacity, queue_limits=queue_limits,
-                        retries=cluster.retries, hub_timeout_s=cluster.deployments[0].engine.hub_timeout_s)  # fmt: skip
+    )
+    return ingress.bind(
+        engines,
+        primary=names[0],
+        capacity=cluster.capacity,
+        queue_limits=queue_limits,
+        retries=cluster.retries,
+        hub_timeout_s=cluster.deployments[0].engine.hub_timeout_s,
+    )
 
 
 def _engine_deployment(name: str, spec: DeploymentSpec, env: dict):
@@ -433,15 +467,17 @@ def _engine_deployment(name: str, spec: DeploymentSpec, env: dict):
         # device="auto" does not take a GPU Ray did not give this replica.
         env = {**env, "env_vars": {**env["env_vars"], "CUDA_VISIBLE_DEVICES": ""}}
     return serve.deployment(LoraEngineDeployment).options(
-        name=name, num_replicas=spec.replicas, max_ongoing_requests=spec.max_ongoing_requests,
+        name=name,
+        num_replicas=spec.replicas,
+        max_ongoing_requests=spec.max_ongoing_requests,
         max_queued_requests=spec.queue_limit,
         ray_actor_options={"num_cpus": spec.cpus_per_replica, "num_gpus": gpus, "runtime_env": env},
         # Loading a model takes a while; a replica killed mid-run is replaced as soon as Serve sees it.
         graceful_shutdown_timeout_s=10,
-    )  # fmt: skip
+    )
 
 
-def start(cluster: ClusterConfig, *, environ=None) -> "ClusterClient":
+def start(cluster: ClusterConfig, *, environ=None) -> ClusterClient:
     """Start (or join) Ray, deploy the application, and return a client for it; blocks until it is ready.
 
     Joins ``cluster.address`` (or ``RAY_ADDRESS``) if set, else starts a local Ray. ``ClusterClient.close()``
@@ -472,8 +508,12 @@ def start(cluster: ClusterConfig, *, environ=None) -> "ClusterClient":
 def _init_ray(cluster: ClusterConfig, attempts: int = 2) -> None:
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(address=cluster.address, num_cpus=cluster.num_cpus, include_dashboard=cluster.dashboard,
-                     log_to_driver=False)  # fmt: skip
+            ray.init(
+                address=cluster.address,
+                num_cpus=cluster.num_cpus,
+                include_dashboard=cluster.dashboard,
+                log_to_driver=False,
+            )
             return
         except Exception as e:  # Ray raises a bare Exception for this; anything else is re-raised below
             # A local Ray gives its raylet a fixed 30 s to register; a laptop busy with other work can miss it.
@@ -525,7 +565,7 @@ class ClusterClient:
             multiplexed (`bool`): False sends it to any replica of its deployment (benchmarks' baseline).
         """
         if self._closed:
-            from .errors import EngineClosed
+            from ..errors import EngineClosed
 
             raise EngineClosed("the Ray Serve client is closed")
         future = asyncio.run_coroutine_threadsafe(self._generate(request, multiplexed), self._loop)
@@ -609,15 +649,19 @@ class ClusterMetrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("lora_cluster_requests", "Requests sent to the Ray Serve application, by outcome.",
-                                ["outcome"], registry=r)  # fmt: skip
+        self.requests = Counter(
+            "lora_cluster_requests", "Requests sent to the Ray Serve application, by outcome.", ["outcome"], registry=r
+        )
         self.refusals = Counter("lora_cluster_refusals", "Typed refusals, by kind.", ["kind"], registry=r)
-        self.retried = Counter("lora_cluster_retried_requests", "Requests run again after their replica died.",
-                               registry=r)  # fmt: skip
+        self.retried = Counter(
+            "lora_cluster_retried_requests", "Requests run again after their replica died.", registry=r
+        )
         self.latency = Histogram(
-            "lora_cluster_request_seconds", "From submit to result, for requests that succeeded.", registry=r,
+            "lora_cluster_request_seconds",
+            "From submit to result, for requests that succeeded.",
+            registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120),
-        )  # fmt: skip
+        )
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

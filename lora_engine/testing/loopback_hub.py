@@ -41,7 +41,7 @@ import re
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,25 @@ META_FILE = ".hub.json"
 DEFAULT_PAGE_SIZE = 1000
 # Files the Hub would store with Git LFS: their ETag is the sha256 of the content.
 LFS_SUFFIXES = (
-    ".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".msgpack", ".h5", ".gguf",
-    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".zip", ".tar", ".gz", ".npy", ".pkl",
+    ".safetensors",
+    ".bin",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".msgpack",
+    ".h5",
+    ".gguf",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".gif",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".npy",
+    ".pkl",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
 SORT_KEYS = {
@@ -70,8 +87,17 @@ SORT_KEYS = {
     "trending_score": "trendingScore",
 }
 LIST_BASE_FIELDS = (
-    "_id", "id", "likes", "trendingScore", "private", "downloads", "tags",
-    "pipeline_tag", "library_name", "createdAt", "modelId",
+    "_id",
+    "id",
+    "likes",
+    "trendingScore",
+    "private",
+    "downloads",
+    "tags",
+    "pipeline_tag",
+    "library_name",
+    "createdAt",
+    "modelId",
 )
 LIST_FULL_FIELDS = ("author", "sha", "lastModified", "gated", "disabled", "siblings", "widgetData")
 
@@ -206,7 +232,7 @@ def hub_tags(card: dict, files: list[str], library_name: str | None, pipeline_ta
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 class _Repo:
@@ -294,7 +320,7 @@ class _HubError(Exception):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    hub: "FakeHub"
+    hub: FakeHub
 
     def handle_error(self, request, client_address):  # noqa: D401 - silence tracebacks on stderr
         pass
@@ -349,8 +375,14 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 self.close_connection = True
 
-    def _send(self, status: int, body: bytes, headers: dict | None = None, method: str = "GET",
-              ctype: str = "application/json; charset=utf-8") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict | None = None,
+        method: str = "GET",
+        ctype: str = "application/json; charset=utf-8",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -425,18 +457,24 @@ class _Handler(BaseHTTPRequestHandler):
         for f in repo.files:
             if not f.startswith(prefix):
                 continue
-            parts = f[len(prefix):].split("/")
+            parts = f[len(prefix) :].split("/")
             for depth in range(1, len(parts)):
                 d = prefix + "/".join(parts[:depth])
                 if depth == 1 or recursive:
-                    entries.setdefault(d, {"type": "directory", "oid": _git_blob_sha1(d.encode()), "size": 0, "path": d})
+                    entries.setdefault(
+                        d, {"type": "directory", "oid": _git_blob_sha1(d.encode()), "size": 0, "path": d}
+                    )
                 if not recursive:
                     break
             if len(parts) == 1 or recursive:
                 s = repo.sibling(f, blobs=True)
                 e: dict[str, Any] = {"type": "file", "oid": s["blobId"], "size": s["size"], "path": f}
                 if "lfs" in s:
-                    e["lfs"] = {"oid": s["lfs"]["sha256"], "size": s["lfs"]["size"], "pointerSize": s["lfs"]["pointerSize"]}
+                    e["lfs"] = {
+                        "oid": s["lfs"]["sha256"],
+                        "size": s["lfs"]["size"],
+                        "pointerSize": s["lfs"]["pointerSize"],
+                    }
                 entries[f] = e
         self._send_json(method, [entries[k] for k in sorted(entries)])
 
@@ -444,7 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, None)
         if repo.gated and "authorization" not in {k.lower() for k in self.headers.keys()}:
             raise _HubError(
-                401, f"Access to model {repo_id} is restricted. You must have access to it and be authenticated.",
+                401,
+                f"Access to model {repo_id} is restricted. You must have access to it and be authenticated.",
                 "GatedRepo",
             )
         if revision not in ("main", repo.sha):
@@ -468,7 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         ctype = "application/octet-stream"
         if path.endswith((".md", ".txt", ".json", ".yaml", ".yml")):
             ctype = "text/plain; charset=utf-8"
@@ -540,7 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
             infos.sort(key=lambda d: d[key], reverse=descending)
 
         page = hub.page_size or min(limit or DEFAULT_PAGE_SIZE, DEFAULT_PAGE_SIZE)
-        chunk = infos[offset: offset + page]
+        chunk = infos[offset : offset + page]
         full = one.get("full", "").lower() == "true"
         card = one.get("cardData", "").lower() == "true"
         expand = multi.get("expand", [])
@@ -602,13 +641,13 @@ class FakeHub:
 
     def reset(self) -> None:
         """Clear every knob and the request log."""
-        self.delay_s: float = 0.0          # sleep before answering each request
+        self.delay_s: float = 0.0  # sleep before answering each request
         self.delay_paths: str | None = None  # regex (re.search on path+query): only delay those
         self.fail_status: int | None = None  # answer with this status + JSON error
-        self.fail_paths: str | None = None   # regex: only fail those
+        self.fail_paths: str | None = None  # regex: only fail those
         self.cut_after_bytes: int | None = None  # GET resolve: no byte at file offset >= N is sent
-        self.cut_times: int | None = None    # how many GETs to cut (None = every one)
-        self.page_size: int | None = None    # force /api/models page size
+        self.cut_times: int | None = None  # how many GETs to cut (None = every one)
+        self.page_size: int | None = None  # force /api/models page size
         with self._lock:
             self.requests.clear()
 
@@ -652,8 +691,9 @@ class FakeHub:
         server = _Server((self.host, self.port), _Handler)
         server.hub = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -666,7 +706,7 @@ class FakeHub:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.start()
         return self
 

@@ -12,7 +12,7 @@ import pickle
 import struct
 from pathlib import Path
 
-from tests.support.fake_hub import write_repo
+from .loopback_hub import write_repo
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SD15 = "runwayml/stable-diffusion-v1-5"

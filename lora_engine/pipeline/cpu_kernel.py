@@ -39,8 +39,7 @@ __all__ = ["AmxAddmm", "KernelStatus", "kernel_for", "load_amx_addmm"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lora_addmm_amx.c"
 # Explicit ISA flags, not -march=native: the library must not use instructions lw_available() did not check.
-CFLAGS = ("-O2", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared",
-          "-fPIC")  # fmt: skip
+CFLAGS = ("-O2", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared", "-fPIC")
 #: Ranks the kernel handles (the inner dimension is tiled 32 deep, at most 4 tiles).
 MAX_RANK = 128
 _BUILD_TIMEOUT_S = 120
@@ -107,8 +106,17 @@ class AmxAddmm:
         if not self.applies(out, orig, b, a):
             return False
         m, n = out.shape
-        code = self._fn(out.data_ptr(), orig.data_ptr(), b.data_ptr(), a.data_ptr(), m, n, b.shape[1],
-                        float(alpha), torch.get_num_threads())  # fmt: skip
+        code = self._fn(
+            out.data_ptr(),
+            orig.data_ptr(),
+            b.data_ptr(),
+            a.data_ptr(),
+            m,
+            n,
+            b.shape[1],
+            float(alpha),
+            torch.get_num_threads(),
+        )
         if code == 2:
             # Not a silent fallback to torch.addmm: its bits differ slightly, and an adapter must give the same
             # weights every time. The swapper rolls back to the base and the request fails cleanly instead.
@@ -171,8 +179,9 @@ def _build(compiler: list[str], folder: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".so.tmp", dir=folder)
     os.close(fd)
     try:
-        proc = subprocess.run([*compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=_BUILD_TIMEOUT_S)  # fmt: skip
+        proc = subprocess.run(
+            [*compiler, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S
+        )
         if proc.returncode != 0:
             raise _CompileError(f"{' '.join(compiler)} exited with {proc.returncode}: {proc.stderr.strip()[:500]}")
         os.replace(tmp, target)  # atomic: another process sees no file or the whole file
@@ -219,8 +228,9 @@ def load_amx_addmm(cache_dir: str | None = None) -> AmxAddmm:
         return AmxAddmm(KernelStatus(False, f"build or load failed: {exc}"), None)
     lib.lw_available.restype = ctypes.c_int
     if lib.lw_available() != 1:
-        return AmxAddmm(KernelStatus(False, "this CPU has no AMX-BF16/AVX512-BF16, or the OS refused tile state",
-                                     str(path)), None)  # fmt: skip
+        return AmxAddmm(
+            KernelStatus(False, "this CPU has no AMX-BF16/AVX512-BF16, or the OS refused tile state", str(path)), None
+        )
     return AmxAddmm(KernelStatus(True, "ready", str(path)), lib)
 
 

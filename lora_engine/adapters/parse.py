@@ -5,8 +5,8 @@ apply with one ``addmm`` per layer, and refusing anything unsafe or unfit before
 Every step here reads only the file and a :class:`LayerIndex` (plain data captured from the pipeline once
 at start), so it runs on any thread: prefetch parses the next adapter while the worker generates.
 
-What it is not for: downloading (``hub_fetch``), choosing what to keep in memory (``adapter_cache``), or
-writing weights (``torch_swap``). Key formats are not converted by hand: diffusers' own
+What it is not for: downloading (``adapters.fetch``), choosing what to keep in memory (``adapter_cache``), or
+writing weights (``pipeline.swap``). Key formats are not converted by hand: diffusers' own
 ``lora_state_dict`` maps kohya/SGM and old attention-processor keys, and its ``_create_lora_config`` (the
 same call ``load_lora_weights`` makes) decides ranks and alphas, so the per-layer scaling here is the one
 diffusers would fuse. PEFT's ``get_pattern_key`` resolves per-layer rank/alpha patterns, as PEFT does.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CorruptAdapter, IncompatibleAdapter, UnsafeAdapterFile, UnsupportedAdapterFormat
+from ..errors import CorruptAdapter, IncompatibleAdapter, UnsafeAdapterFile, UnsupportedAdapterFormat
 
 __all__ = ["LayerIndex", "LayerInfo", "LoraLayer", "ParsedAdapter", "load_adapter_file", "parse_lora_state_dict"]
 
@@ -37,9 +37,22 @@ __all__ = ["LayerIndex", "LayerInfo", "LoraLayer", "ParsedAdapter", "load_adapte
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 _SAFETENSORS_DTYPES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-}  # fmt: skip
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 # A real header is a few hundred KB at most; anything huge is hostile or broken.
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 _TEXT_TARGET_SUFFIXES = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
@@ -85,7 +98,7 @@ class LayerIndex:
     text_model_prefix: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
-    def from_pipeline(cls, pipeline) -> "LayerIndex":
+    def from_pipeline(cls, pipeline) -> LayerIndex:
         layers: dict[tuple[str, str], LayerInfo] = {}
         nested: dict[str, bool] = {}
         for component in COMPONENTS:
@@ -136,7 +149,7 @@ class ParsedAdapter:
     nbytes: int
     key_format: str
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "ParsedAdapter":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ParsedAdapter:
         """A copy with every factor on ``device`` in ``dtype`` (the swap computes in the weights' dtype)."""
         layers = tuple(
             LoraLayer(
