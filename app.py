@@ -20,14 +20,24 @@ import asyncio
 import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
-from catalogue.presentation import caption, describe_entry, with_trigger_words
-from lora_engine import EngineConfig, GenerationRequest
-from lora_engine.errors import EngineError, QueueFull
-from lora_engine.serving.config import ClusterConfig
+from catalogue import caption, describe_entry, with_trigger_words
+from lora_engine import (
+    ConfigError,
+    EngineConfig,
+    EngineError,
+    GenerationRequest,
+    ImageService,
+    InlineImageService,
+    Kind,
+    QueueFull,
+    Settings,
+    setting,
+)
+from lora_engine.serving import ClusterConfig
 
 logger = logging.getLogger("app")
 
@@ -46,25 +56,42 @@ HUB_WEB = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
-class UiDefaults:
-    """Starting values of the settings, chosen for the model (1024 px/25 steps on SDXL, tiny on the demo).
+class AppConfig(Settings):
+    """The app's own settings: where it listens, its log, the catalogue it shows, ZeroGPU. Build with ``from_args``.
 
-    Args:
-        steps (`int`), side (`int`), guidance (`float`): request defaults.
-        max_steps (`int`), min_side (`int`), max_side (`int`): slider ranges (the engine's limits).
+    Declared here, with the one settings machinery (``lora_engine.Settings``), rather than in a package: these
+    settings belong to this process's wiring, and neither ``lora_engine`` nor ``catalogue`` reads them.
     """
 
-    steps: int
-    side: int
-    guidance: float
-    max_steps: int
-    min_side: int
-    max_side: int
+    settings_title: ClassVar[str] = "app"
 
-    @classmethod
-    def from_engine(cls, engine) -> "UiDefaults":
-        lim = engine.limits
-        return cls(lim.default_steps, lim.default_side, lim.default_guidance, lim.max_steps, lim.min_side, lim.max_side)
+    # Gradio's own variable names, so that Spaces and Gradio users set the address as they always have.
+    server_name: str = setting(
+        "127.0.0.1", env="GRADIO_SERVER_NAME", help="the address to listen on (0.0.0.0: all interfaces)"
+    )
+    server_port: int = setting(
+        7860, env="GRADIO_SERVER_PORT", kind=Kind.INT, at_least=0, at_most=65535, help="the port to listen on"
+    )
+    # The listing is refreshed in the background, so searches never wait on the Hub; hourly spares its rate limits.
+    catalogue_refresh_s: float = setting(
+        3600.0,
+        env="CATALOGUE_REFRESH_S",
+        kind=Kind.SECONDS,
+        help="seconds between background Hub catalogue refreshes",
+    )
+    # Air-gapped hosts, or hosts serving only their own LoRAs, list the local folders alone.
+    no_hub_catalogue: bool = setting(False, env="CATALOGUE_NO_HUB", kind=Kind.BOOL, help="list local LoRAs only")
+    # The level names logging knows; anything else would fail inside logging, later and less clearly.
+    log_level: str = setting(
+        "INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), help="the log level"
+    )
+    # ZeroGPU Spaces set it: a GPU is then lent per call, so each request runs inside a spaces.GPU call.
+    zero_gpu: bool = setting(
+        False,
+        env="SPACES_ZERO_GPU",
+        kind=Kind.BOOL,
+        help="run each request inside a spaces.GPU call (ZeroGPU Spaces set it)",
+    )
 
 
 def _user_error(exc: BaseException):
@@ -137,9 +164,10 @@ class RequestWaiter:
         self.future.cancel()
 
 
-def zero_gpu_decorator():
-    """``spaces.GPU`` when running on a ZeroGPU Space (``SPACES_ZERO_GPU`` set and ``spaces`` importable), else None."""
-    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "true"):
+def zero_gpu_decorator(enabled: bool):
+    """``spaces.GPU`` when running on a ZeroGPU Space (``enabled``: ``AppConfig.zero_gpu``) and ``spaces`` is
+    importable, else None."""
+    if not enabled:
         return None
     try:
         import spaces
@@ -149,24 +177,43 @@ def zero_gpu_decorator():
     return spaces.GPU(duration=120)
 
 
-def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
+def _inline_call(engine: ImageService, gpu_call):
+    """``engine.generate_inline`` wrapped by ``gpu_call`` (such as ``spaces.GPU``), or None without a ``gpu_call``.
+
+    Raises:
+        TypeError: a ``gpu_call`` for an engine whose pipeline is not in this process (not an
+            ``InlineImageService``, such as a Ray Serve ``ClusterClient``).
+    """
+    if gpu_call is None:
+        return None
+    if not isinstance(engine, InlineImageService):
+        raise TypeError(
+            "`gpu_call` needs an engine that runs requests in this process (an InlineImageService) but the engine "
+            f"is a {type(engine).__name__}"
+        )
+    return gpu_call(engine.generate_inline)
+
+
+def build_demo(engine: ImageService, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
     """Build the Gradio Blocks for ``engine`` and ``catalogue``; launches nothing.
 
     Args:
-        engine (`lora_engine.Engine`): generates the images.
+        engine (`lora_engine.ImageService`): generates the images (an ``Engine``, or a Ray Serve ``ClusterClient``).
         catalogue (`catalogue.Catalogue`): lists and searches LoRAs.
         hub_web (`str`, *optional*): where "Hub page" links point.
         gpu_call (`Callable`, *optional*): a decorator such as ``spaces.GPU(duration=...)``. When given, each
-            request runs inside a call wrapped by it (``engine.generate_inline``), which restores the base
-            weights before returning, since on ZeroGPU nothing done inside such a call outlives it.
+            request runs inside a call wrapped by it (``engine.generate_inline``, so ``engine`` must be an
+            ``InlineImageService``), which restores the base weights before returning, since on ZeroGPU nothing
+            done inside such a call outlives it.
 
     Returns:
         `gr.Blocks`: with the named endpoints ``/generate`` and ``/catalogue``.
     """
     import gradio as gr
 
-    ui = UiDefaults.from_engine(engine)
-    inline = gpu_call(engine.generate_inline) if gpu_call is not None else None
+    # The engine's limits: the sliders' ranges, and defaults that fit its model (1024 px/25 steps SDXL, tiny demo).
+    limits = engine.limits
+    inline = _inline_call(engine, gpu_call)
 
     def gallery_items(entries):
         placeholder = str(catalogue.placeholder_thumbnail())
@@ -227,10 +274,10 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
         negative_prompt: str = "",
         lora: str = "",
         lora_scale: float = 1.0,
-        num_inference_steps: int = ui.steps,
-        guidance_scale: float = ui.guidance,
-        width: int = ui.side,
-        height: int = ui.side,
+        num_inference_steps: int = limits.default_steps,
+        guidance_scale: float = limits.default_guidance,
+        width: int = limits.default_side,
+        height: int = limits.default_side,
         seed: int = -1,
         progress=gr.Progress(),  # noqa: B008 (Gradio's documented way to receive a progress tracker)
     ):
@@ -317,11 +364,12 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", placeholder=example)
                 negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
                 with gr.Accordion("Advanced settings", open=False):
-                    steps = gr.Slider(1, ui.max_steps, value=ui.steps, step=1, label="Steps")
-                    guidance = gr.Slider(0, 30, value=ui.guidance, step=0.5, label="Guidance scale")
+                    steps = gr.Slider(1, limits.max_steps, value=limits.default_steps, step=1, label="Steps")
+                    guidance = gr.Slider(0, 30, value=limits.default_guidance, step=0.5, label="Guidance scale")
                     with gr.Row():
-                        width = gr.Slider(ui.min_side, ui.max_side, value=ui.side, step=8, label="Width")
-                        height = gr.Slider(ui.min_side, ui.max_side, value=ui.side, step=8, label="Height")
+                        side = {"minimum": limits.min_side, "maximum": limits.max_side, "value": limits.default_side}
+                        width = gr.Slider(**side, step=8, label="Width")
+                        height = gr.Slider(**side, step=8, label="Height")
                     seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                     scale = gr.Slider(-4, 4, value=1.0, step=0.05, label="LoRA scale")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -358,7 +406,7 @@ def build_demo(engine, catalogue, *, hub_web: str = HUB_WEB, gpu_call=None):
     return demo
 
 
-def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = None, gpu_call=None):
+def build_app(engine: ImageService, catalogue, demo=None, *, max_gradio_queue: int | None = None, gpu_call=None):
     """A FastAPI app with ``POST /`` and ``GET /metrics``, and the Gradio UI mounted at ``/``."""
     import gradio as gr
     from fastapi import FastAPI, Request
@@ -366,7 +414,7 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
     from prometheus_client import CONTENT_TYPE_LATEST
 
     demo = demo if demo is not None else build_demo(engine, catalogue, gpu_call=gpu_call)
-    inline = gpu_call(engine.generate_inline) if gpu_call is not None else None
+    inline = _inline_call(engine, gpu_call)
     demo.queue(max_size=max_gradio_queue or 4 * engine.config.max_queue)
     app = FastAPI(title="SDXL LoRA server", docs_url=None, redoc_url=None)
 
@@ -439,7 +487,7 @@ def build_app(engine, catalogue, demo=None, *, max_gradio_queue: int | None = No
                 "# TYPE lora_catalogue_age_seconds gauge",
                 f"lora_catalogue_age_seconds {status.snapshot_age_s:.3f}",
             ]
-        body = engine.metrics.render() + ("\n".join(lines) + "\n").encode()
+        body = engine.metrics_text() + ("\n".join(lines) + "\n").encode()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # Thumbnails live in the local LoRA folders and the catalogue cache; let Gradio serve files from there.
@@ -500,74 +548,65 @@ def _png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def _build_catalogue(engine, args):
+def _build_catalogue(engine, app_config: AppConfig):
+    from huggingface_hub import constants as hub_constants
+
     from catalogue import Catalogue, HubSource, LocalSource
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    # The demo model's LoRAs are local; the public Hub has none for it, so only list a Hub named explicitly.
-    pointless = engine.info.is_demo and not os.environ.get("HF_ENDPOINT")
-    use_hub = not (offline or pointless or args.no_hub_catalogue)
+    # HF_HUB_OFFLINE and HF_ENDPOINT are huggingface_hub's: read as it parsed them, not parsed again here.
+    offline = hub_constants.HF_HUB_OFFLINE
+    # The demo model's LoRAs are local; the public Hub has none for it, so only list another Hub (HF_ENDPOINT).
+    pointless = engine.info.is_demo and hub_constants.ENDPOINT.rstrip("/") == HUB_WEB
+    use_hub = not (offline or pointless or app_config.no_hub_catalogue)
     hub = HubSource(timeout_s=engine.config.hub_timeout_s) if use_hub else None
     local = [LocalSource(d) for d in engine.info.local_lora_dirs]
     return Catalogue(
         base_model=engine.info.base_model_id,
         local=local,
         hub=hub,
-        refresh_interval_s=args.catalogue_refresh_s,
+        refresh_interval_s=app_config.catalogue_refresh_s,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Read the configuration, build the engine and catalogue, serve the UI and API."""
     parser = argparse.ArgumentParser(
-        description="SDXL multi-LoRA server. Address: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default "
-        "127.0.0.1:7860). Hub access: HF_ENDPOINT, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE, as huggingface_hub "
-        "defines them."
+        description="SDXL multi-LoRA server. Each setting is read once at start from its environment variable; "
+        "its flag overrides it. huggingface_hub's own variables (HF_ENDPOINT, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE) "
+        "apply as huggingface_hub defines them."
     )
-    EngineConfig.add_arguments(parser)
-    app_group = parser.add_argument_group("app")
-    app_group.add_argument(
-        "--catalogue-refresh-s",
-        type=float,
-        default=float(os.environ.get("CATALOGUE_REFRESH_S", "3600")),
-        help="[env: CATALOGUE_REFRESH_S] [default: 3600] seconds between Hub catalogue refreshes",
-    )
-    app_group.add_argument(
-        "--no-hub-catalogue",
-        action="store_true",
-        default=os.environ.get("CATALOGUE_NO_HUB", "") not in ("", "0"),
-        help="[env: CATALOGUE_NO_HUB] list local LoRAs only",
-    )
-    ClusterConfig.add_arguments(parser)
+    for settings in (AppConfig, EngineConfig, ClusterConfig):
+        settings.add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        app_config = AppConfig.from_args(args)
+        config = EngineConfig.from_args(args)
+        cluster = ClusterConfig.from_args(args, engine=config)
+    except ConfigError as e:
+        parser.error(str(e))  # the usage and the message, exit status 2: a bad setting is the caller's to fix
+    logging.basicConfig(level=app_config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
 
     from lora_engine import Engine
 
-    config = EngineConfig.from_args(args)
     started = time.monotonic()
     gpu_call = None
-    if ClusterConfig.wanted(args):
+    if cluster.enabled:
         # The same UI and HTTP surface in front of a Ray Serve application; ray is imported only here.
-        from lora_engine.serving.cluster import start
+        from lora_engine.serving import start_cluster
 
-        engine = start(ClusterConfig.from_args(args, config))
+        engine = start_cluster(cluster)
     else:
         engine = Engine.from_config(config)
-        gpu_call = zero_gpu_decorator()
+        gpu_call = zero_gpu_decorator(app_config.zero_gpu)
     logger.info("engine ready in %.1f s: %s", time.monotonic() - started, engine.info)
-    catalogue = _build_catalogue(engine, args)
+    catalogue = _build_catalogue(engine, app_config)
     catalogue.start()
     app = build_app(engine, catalogue, gpu_call=gpu_call)
-    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    logger.info("serving on http://%s:%d", host, port)
+    logger.info("serving on http://%s:%d", app_config.server_name, app_config.server_port)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=app_config.server_name, port=app_config.server_port, log_level="warning")
     finally:
         catalogue.stop()
         engine.close()

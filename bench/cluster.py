@@ -1,14 +1,14 @@
 """Cluster benchmark: the trace of ``bench/trace.py`` against a Ray Serve application of 1 and 2 replicas, routed
 by adapter (Serve's multiplexing) and at random (multiplexing off), in one run; one JSON.
 
-For: issue 9's scale-out numbers, on the offline demo model, every figure taken on the same machine under the same
-trace: throughput scaling from 1 to 2 replicas, and swaps per request with adapter-aware routing against random
-routing. The trace is ``bench/trace.py``'s (seeded Poisson arrivals, Zipf popularity over N Hub adapters on a
-loopback fake Hub, a share of base-model requests), replayed at each of ``--loads`` times the capacity of ONE
-replica: 1.5 (two replicas at 75 %), and 2.5, which saturates both sizes, so throughput shows what the replicas can
-do. Serve's router sends a request to a replica holding its adapter while one has room, and after
-``RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S`` (1 s) of waiting to any: under saturation, affinity gives way
-to balance.
+For: the scale-out numbers (the README's "Scaling out on Ray Serve"), on the offline demo model, every figure taken
+on the same machine under the same trace: throughput scaling from 1 to 2 replicas, and swaps per request with
+adapter-aware routing against random routing. The trace is ``bench/trace.py``'s (seeded Poisson arrivals, Zipf
+popularity over N Hub adapters on a loopback fake Hub, a share of base-model requests), replayed at each of
+``--loads`` times the capacity of ONE replica: 1.5 (two replicas at 75 %), and 2.5, which saturates both sizes, so
+throughput shows what the replicas can do. Serve's router sends a request to a replica holding its adapter while one
+has room, and after ``RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S`` (1 s) of waiting to any: under saturation,
+affinity gives way to balance.
 
 At each load, each of the four runs (``1x_multiplexed``, ``1x_random``, ``2x_multiplexed``, ``2x_random``) deploys
 a fresh application (``lora_engine.serving.cluster``, one deployment for the demo model presented as SDXL base)
@@ -218,7 +218,7 @@ def run_one(
         results = []
 
         def submit(request):
-            future = client.submit(request, multiplexed=multiplexed)
+            future = client.submit_routed(request, multiplexed=multiplexed)
             future.add_done_callback(lambda f: f.exception() is None and results.append(f.result()))
             return future
 

@@ -1,8 +1,8 @@
 """Adapter swap benchmark: our one-pass ``Swapper`` against diffusers' load/fuse/unfuse/unload; prints one JSON.
 
-For: checking issue 3's swap targets on full-size SDXL UNet shapes (the real SDXL-base UNet config, random
-bf16 weights built on the meta device then filled; no download) and on the offline demo model, in ONE run,
-so every ratio compares numbers taken on the same machine under the same load:
+For: checking the swap's targets (``TARGETS`` below) on full-size SDXL UNet shapes (the real SDXL-base UNet config,
+random bf16 weights built on the meta device then filled; no download) and on the offline demo model, in ONE run, so
+every ratio compares numbers taken on the same machine under the same load:
 
 * ``warm_vs_memcpy``: a warm swap (adapter parsed, on the device) against copying every touched weight once;
 * ``diffusers_cycle_vs_warm``: diffusers' ``load_lora_weights → fuse_lora … unfuse_lora → unload_lora_weights``
@@ -99,7 +99,7 @@ SDXL_UNET_CONFIG: dict = {
     "use_linear_projection": True,
 }
 
-#: What the issue asks of the swap (the README explains each).
+#: The swap's targets (bench/README.md explains each).
 TARGETS = {
     "warm_vs_memcpy": ("<=", 2.0),
     "diffusers_cycle_vs_warm": (">=", 10.0),

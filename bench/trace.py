@@ -1,7 +1,7 @@
 """Trace-replay benchmark: a Zipf/Poisson workload over many Hub adapters, four ways of serving it; one JSON.
 
-For: issue 6's serving targets, on the offline demo model, in ONE run so every ratio compares numbers taken on
-the same machine under the same load. A seeded trace (Poisson arrivals, Zipf(s) popularity over N adapters,
+For: the serving targets (``targets`` below), on the offline demo model, in ONE run so every ratio compares numbers
+taken on the same machine under the same load. A seeded trace (Poisson arrivals, Zipf(s) popularity over N adapters,
 a share of base-model requests) is replayed at each load (a fraction of measured capacity) against:
 
 * ``a_reference``: the reference method, FIFO, one worker: per request ``hf_hub_download`` (its own cache,

@@ -1,8 +1,8 @@
 """The catalogue of SDXL LoRAs: Hub and local adapters, searchable, refreshed in the background.
 
 For: the public API the app and the engine use (``Catalogue``, ``CatalogueEntry``, the sources, search
-results, errors). Not for: internals such as card rules or the snapshot format, which live in the
-sub-modules and may change.
+results, errors, and the helpers the UI shows entries with). Not for: internals such as card rules or the
+snapshot format, which live in the sub-modules and may change.
 
 Importing this package imports neither torch nor huggingface_hub (``catalogue.hub`` loads the latter when
 it first talks to the Hub).
@@ -29,6 +29,7 @@ from .errors import (
 )
 from .hub import HubListing, HubSource
 from .local import LocalSource
+from .presentation import caption, describe_entry, with_trigger_words
 from .search import SORTS, SearchIndex, SearchPage
 
 __all__ = [
@@ -50,4 +51,7 @@ __all__ = [
     "SearchIndex",
     "SearchPage",
     "SnapshotError",
+    "caption",
+    "describe_entry",
+    "with_trigger_words",
 ]

@@ -1,69 +1,49 @@
-"""``CatalogueEntry``, the one record the catalogue serves, and the pure rules that make one from a model card.
+"""``CatalogueEntry``, the one record the catalogue serves, and the catalogue's own rules for building one.
 
-For: the entry dataclass and its JSON form (``to_dict``/``from_dict``, ``as_api_dict``); reading a README's
-front matter and first heading; the rules for title, trigger words, weight file, thumbnail, licence and base
-model. The Hub and local sources both call ``build_entry`` so they produce the same entries.
+For: the entry dataclass and its JSON form (``to_dict``/``from_dict``, ``as_api_dict``); the rules that are
+the catalogue's alone: title, thumbnail and licence. The Hub and local sources both call ``build_entry`` so
+they produce the same entries.
 
-Not for: any I/O (sources read folders and talk to the Hub, then hand plain values to ``build_entry``),
-searching, or snapshot files. Nothing here imports huggingface_hub or torch.
+Not for: whether a repo is a servable LoRA, its weight file, base models or trigger words. Those are
+``lora_engine.adapters.repo_rules``' (``assess_repo``), which the engine's fetcher calls too, so "listed as
+usable" and "served" cannot disagree; ``build_entry`` copies its verdict. Nor any I/O (sources read folders
+and talk to the Hub), searching, or snapshot files. Nothing here imports huggingface_hub or torch.
 
-Decisions the rules encode:
+Decisions:
 
-* **Weight file.** Only ``.safetensors`` files are servable (the engine never opens pickles). One candidate:
-  that file. Several: the one the card names (a file name in any card string, or a kohya ``<lora:stem:w>``
-  reference), else a top-level ``pytorch_lora_weights.safetensors`` (diffusers' training scripts), else the
-  only top-level candidate when the others sit in sub-folders (training checkpoints). Otherwise the entry is
-  listed as not servable, with the reason.
-* **``.bin``-only repos** are listed, not servable: ``weight_name`` is None and ``unservable_reason`` says
-  "only pickle weights (...)". They stay searchable so a user looking for one learns why it cannot be used.
-* **Pivotal-tuning LoRAs** (an ``embeddings.pti`` / ``*_emb.safetensors`` next to the LoRA) are listed,
-  not servable: the server loads no textual-inversion embeddings, and the trigger tokens mean nothing
-  without them.
+* A repo the rules refuse is still listed (searchable, with the reason) unless the refusal says it is not
+  for this server at all (``IncompatibleAdapter``: another base model, not a LoRA); the sources leave those
+  out.
 * Invariant: ``weight_name is None`` exactly when ``unservable_reason is not None``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
+from lora_engine.adapters.repo_rules import Card, RepoVerdict, str_values, widget_items
 
 from .errors import InvalidEntry
 
 __all__ = [
-    "Card",
     "CatalogueEntry",
     "SOURCES",
-    "WeightChoice",
-    "base_models_of",
     "build_entry",
     "choose_thumbnail",
-    "choose_weight",
     "is_absolute_url",
     "iso_utc",
-    "parse_card",
-    "serves_base",
     "title_of",
-    "trigger_words_of",
 ]
 
 #: Where an entry came from.
 SOURCES = ("hub", "local")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-# Folders of a full diffusers pipeline: weights there are model components, not LoRA files.
-COMPONENT_DIRS = frozenset(
-    {"unet", "text_encoder", "text_encoder_2", "vae", "transformer", "tokenizer", "tokenizer_2", "scheduler"}
-)
 # Acronyms a prettified repo name should spell the usual way ("pixel-art-xl" -> "Pixel Art XL").
 _ACRONYMS = {"xl": "XL", "sdxl": "SDXL", "sd": "SD", "lora": "LoRA", "ai": "AI", "3d": "3D", "2d": "2D", "lcm": "LCM"}
-_KOHYA_REF = re.compile(r"<lora:([^:>]+)")
-_MAX_CARD_STRINGS = 2000  # bound the work on absurd cards
 
 
 # --------------------------------------------------------------------------- the entry
@@ -85,7 +65,7 @@ class CatalogueEntry:
         last_modified (`str`, *optional*): ISO-8601 UTC time, ``YYYY-MM-DDTHH:MM:SSZ``.
         license (`str`, *optional*): the card's licence id.
         gated (`str`, *optional*): the Hub's gating mode ("auto" or "manual"); None when not gated.
-        tags (`tuple[str, ...]`): Hub tags (or the card's tags for local entries).
+        tags (`tuple[str, ...]`): the Hub's tags, then the card's (only the card's for local entries).
         base_models (`tuple[str, ...]`): the base models the card names.
         source (`str`): "hub" or "local".
         local_dir (`str`, *optional*): the adapter's folder for local entries.
@@ -103,7 +83,7 @@ class CatalogueEntry:
     last_modified: str | None  # ISO-8601 UTC, seconds precision, "Z" suffix; sorts lexicographically
     license: str | None  # licence id from the card (or its license: tag)
     gated: str | None  # "auto" / "manual" when the Hub gates downloads, else None
-    tags: tuple[str, ...]  # Hub tags; the card's tags for local entries
+    tags: tuple[str, ...]  # Hub tags, then card tags (repo_rules.tags_of)
     base_models: tuple[str, ...]  # base_model ids from the card (or base_model: tags when no card)
     source: str  # "hub" | "local"
     local_dir: str | None = None  # folder holding the files, for local entries
@@ -202,96 +182,7 @@ def _check_field(name: str, value: Any, repo_id: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- cards
-
-
-@dataclass(frozen=True)
-class Card:
-    """A parsed README.
-
-    Args:
-        data (`Mapping[str, Any]`): the YAML front matter (empty when there is none or it is invalid).
-        heading (`str`, *optional*): the text of the body's first ``# heading``.
-    """
-
-    data: Mapping[str, Any]  # front matter as parsed by yaml.safe_load; {} when absent or invalid
-    heading: str | None = None  # first level-1 heading of the body, outside code fences
-
-
-def parse_card(text: str) -> Card:
-    """Parse a README: YAML front matter between ``---`` lines, then the first ``# heading`` of the body.
-
-    Invalid YAML gives an empty ``data`` rather than an error: a broken card should not hide the LoRA.
-    """
-    data: Mapping[str, Any] = {}
-    body = text
-    lines = text.splitlines()
-    if lines and lines[0].strip() == "---":
-        for i in range(1, len(lines)):
-            if lines[i].strip() == "---":
-                try:
-                    parsed = yaml.safe_load("\n".join(lines[1:i]))
-                except yaml.YAMLError:
-                    parsed = None
-                data = parsed if isinstance(parsed, dict) else {}
-                body = "\n".join(lines[i + 1 :])
-                break
-    return Card(data=data, heading=_first_heading(body))
-
-
-def _first_heading(body: str) -> str | None:
-    in_fence = False
-    for line in body.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("```", "~~~")):
-            in_fence = not in_fence
-            continue
-        if not in_fence and re.match(r"#\s+\S", stripped):
-            return stripped.lstrip("#").strip() or None
-    return None
-
-
-def _as_str_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, str) and v.strip()]
-    return []
-
-
-def _widget_items(card: Mapping[str, Any], widget_data: Any = None) -> list[Mapping[str, Any]]:
-    widget = card.get("widget")
-    if not isinstance(widget, list) or not widget:
-        widget = widget_data
-    if isinstance(widget, Mapping):
-        widget = [widget]
-    if not isinstance(widget, list):
-        return []
-    return [w for w in widget if isinstance(w, Mapping)]
-
-
-def base_models_of(card: Mapping[str, Any], tags: Iterable[str] = ()) -> tuple[str, ...]:
-    """The base models an adapter names: the card's ``base_model`` (a string or a list), else the
-    ``base_model:...`` tags (both ``base_model:ID`` and ``base_model:RELATION:ID``)."""
-    from_card = _as_str_list(card.get("base_model"))
-    if from_card:
-        return tuple(dict.fromkeys(b.strip() for b in from_card))
-    found: list[str] = []
-    for tag in tags:
-        if not isinstance(tag, str) or not tag.startswith("base_model:"):
-            continue
-        rest = tag[len("base_model:") :]
-        head = rest.split("/", 1)[0]
-        if ":" in head:  # "adapter:owner/name"
-            rest = rest.split(":", 1)[1]
-        if rest:
-            found.append(rest)
-    return tuple(dict.fromkeys(found))
-
-
-def serves_base(base_models: Sequence[str], base_model: str) -> bool:
-    """Whether an adapter made for ``base_models`` belongs in a catalogue for ``base_model``."""
-    return base_model in base_models
+# --------------------------------------------------------------------------- the catalogue's own rules
 
 
 def _prettify(repo_id: str) -> str:
@@ -320,123 +211,14 @@ def title_of(repo_id: str, card: Mapping[str, Any], heading: str | None = None) 
     return _prettify(repo_id)
 
 
-def trigger_words_of(card: Mapping[str, Any], widget_data: Any = None) -> str | None:
-    """The trigger words: the card's ``instance_prompt`` (a list is joined with ", "), else the first widget text."""
-    prompts = [p.strip() for p in _as_str_list(card.get("instance_prompt"))]
-    if prompts:
-        return ", ".join(prompts)
-    for item in _widget_items(card, widget_data):
-        text = item.get("text")
-        if isinstance(text, str) and text.strip():
-            return text.strip()
-    return None
-
-
-def _license_of(card: Mapping[str, Any], tags: Iterable[str]) -> str | None:
-    lic = _as_str_list(card.get("license"))
+def _license_of(card: Mapping[str, Any], tags: Sequence[str]) -> str | None:
+    lic = str_values(card.get("license"))
     if lic:
-        return lic[0].strip()
+        return lic[0]
     for tag in tags:
-        if isinstance(tag, str) and tag.startswith("license:"):
+        if tag.startswith("license:"):
             return tag[len("license:") :]
     return None
-
-
-def _card_strings(value: Any, out: list[str]) -> None:
-    if len(out) >= _MAX_CARD_STRINGS:
-        return
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            _card_strings(v, out)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _card_strings(v, out)
-
-
-def _named_in(candidate: str, texts: Sequence[str]) -> bool:
-    base = candidate.rsplit("/", 1)[-1]
-    stem = base[: -len(".safetensors")]
-    # The name as a whole word: "a.safetensors" is not named by "ba.safetensors"; a sub-folder path may precede.
-    exact = re.compile(r"(?<![\w.\-])(?:[\w.\-]+/)*" + re.escape(base) + r"(?![\w\-])")
-    for text in texts:
-        if exact.search(text):
-            return True
-        if any(ref.strip() == stem for ref in _KOHYA_REF.findall(text)):
-            return True
-    return False
-
-
-def _top(path: str) -> str:
-    return path.split("/", 1)[0] if "/" in path else ""
-
-
-def _is_embedding(path: str) -> bool:
-    low = path.lower()
-    return (
-        low.endswith(".pti") or low.endswith("_emb.safetensors") or low.rsplit("/", 1)[-1] == "embeddings.safetensors"
-    )
-
-
-@dataclass(frozen=True)
-class WeightChoice:
-    """Which file to load, or why there is none.
-
-    Args:
-        weight_name (`str`, *optional*): the chosen ``.safetensors`` path inside the repo.
-        unservable_reason (`str`, *optional*): why nothing was chosen.
-    """
-
-    weight_name: str | None  # repo-relative path of the LoRA file
-    unservable_reason: str | None  # set exactly when weight_name is None
-
-
-def _shown(names: Sequence[str], n: int = 3) -> str:
-    more = f", +{len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
-def choose_weight(files: Sequence[str], card: Mapping[str, Any], widget_data: Any = None) -> WeightChoice:
-    """Pick the LoRA weight file among a repo's files (see the module docstring for the rules).
-
-    Example:
-        >>> choose_weight(["README.md", "a.safetensors"], {}).weight_name
-        'a.safetensors'
-    """
-    embeddings = [f for f in files if _is_embedding(f)]
-    if embeddings:
-        return WeightChoice(
-            None,
-            f"pivotal-tuning LoRA: it needs the text embeddings in {_shown(embeddings)}, "
-            "which the server does not load",
-        )
-    candidates = [f for f in files if f.lower().endswith(".safetensors") and _top(f) not in COMPONENT_DIRS]
-    if not candidates:
-        pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES) and _top(f) not in COMPONENT_DIRS]
-        if pickles:
-            return WeightChoice(
-                None, f"only pickle weights ({_shown(pickles)}); the server loads .safetensors files only"
-            )
-        if any(f.lower().endswith(".safetensors") for f in files):
-            return WeightChoice(None, "only full-model components (unet/, text_encoder/, ...), no LoRA file")
-        return WeightChoice(None, "no .safetensors weight file in the repo")
-    if len(candidates) == 1:
-        return WeightChoice(candidates[0], None)
-    texts: list[str] = []
-    _card_strings(card, texts)
-    _card_strings(widget_data, texts)
-    named = [c for c in candidates if _named_in(c, texts)]
-    if len(named) == 1:
-        return WeightChoice(named[0], None)
-    if DIFFUSERS_WEIGHT_NAME in candidates:
-        return WeightChoice(DIFFUSERS_WEIGHT_NAME, None)
-    top_level = [c for c in candidates if "/" not in c]
-    if len(top_level) == 1:
-        return WeightChoice(top_level[0], None)
-    return WeightChoice(
-        None, f"{len(candidates)} .safetensors files ({_shown(candidates)}) and the card names none of them"
-    )
 
 
 def iso_utc(when: datetime | float) -> str:
@@ -457,7 +239,7 @@ def choose_thumbnail(files: Sequence[str], card: Mapping[str, Any], widget_data:
     """The thumbnail, as an absolute URL or a repo-relative path: the first widget ``output.url``
     (a relative one only if the repo has that file), else the first image file, else None."""
     present = set(files)
-    for item in _widget_items(card, widget_data):
+    for item in widget_items(card, widget_data):
         output = item.get("output")
         url = output.get("url") if isinstance(output, Mapping) else None
         if not isinstance(url, str) or not url.strip():
@@ -475,14 +257,12 @@ def choose_thumbnail(files: Sequence[str], card: Mapping[str, Any], widget_data:
 
 
 def build_entry(
-    repo_id: str,
+    verdict: RepoVerdict,
     *,
-    source: str,
     card: Card | None,
     files: Sequence[str],
     resolve_thumbnail: Callable[[str], str | None],
     widget_data: Any = None,
-    tags: Sequence[str] = (),
     downloads: int = 0,
     likes: int = 0,
     last_modified: str | None = None,
@@ -490,37 +270,36 @@ def build_entry(
     local_dir: str | None = None,
     revision: str | None = None,
 ) -> CatalogueEntry:
-    """Apply every rule to one adapter's card and file list.
+    """One adapter's entry: the rules' verdict (weight file or reason, trigger words, base models, tags) plus
+    the catalogue's own title, thumbnail and licence.
 
     Args:
-        repo_id (`str`): ``owner/name``.
-        source (`str`): "hub" or "local".
-        card (`Card`, *optional*): the parsed card; None when the repo has none.
+        verdict (`RepoVerdict`): ``repo_rules.assess_repo``'s answer for this repo.
+        card (`Card`, *optional*): the card the verdict was made from; None when the repo has none.
         files (`Sequence[str]`): repo-relative file paths.
         resolve_thumbnail (`Callable[[str], str | None]`): maps ``choose_thumbnail``'s answer (a URL or a
             repo path) to what the entry stores (a download URL, a local path), or None to drop it.
         widget_data (*optional*): the Hub's ``widgetData`` when the card has no ``widget``.
-        tags, downloads, likes, last_modified, gated, local_dir, revision: copied to the entry.
+        downloads, likes, last_modified, gated, local_dir, revision: copied to the entry.
     """
-    data: Mapping[str, Any] = card.data if card is not None else {}
+    data: Mapping[str, Any] = card.data if card is not None and isinstance(card.data, Mapping) else {}
     heading = card.heading if card is not None else None
-    weight = choose_weight(files, data, widget_data)
     thumb = choose_thumbnail(files, data, widget_data)
     return CatalogueEntry(
-        repo_id=repo_id,
-        title=title_of(repo_id, data, heading),
-        trigger_words=trigger_words_of(data, widget_data),
-        weight_name=weight.weight_name,
-        unservable_reason=weight.unservable_reason,
+        repo_id=verdict.repo_id,
+        title=title_of(verdict.repo_id, data, heading),
+        trigger_words=verdict.trigger_words,
+        weight_name=verdict.weight_name,
+        unservable_reason=verdict.reason,
         thumbnail=resolve_thumbnail(thumb) if thumb is not None else None,
-        downloads=int(downloads or 0),
-        likes=int(likes or 0),
+        downloads=downloads if isinstance(downloads, int) and not isinstance(downloads, bool) else 0,
+        likes=likes if isinstance(likes, int) and not isinstance(likes, bool) else 0,
         last_modified=last_modified,
-        license=_license_of(data, tags),
+        license=_license_of(data, verdict.tags),
         gated=gated or None,
-        tags=tuple(t for t in tags if isinstance(t, str)),
-        base_models=base_models_of(data, tags),
-        source=source,
+        tags=verdict.tags,
+        base_models=verdict.base_models,
+        source=verdict.source,
         local_dir=local_dir,
         revision=revision,
     )

@@ -6,17 +6,24 @@ stays light). An ``HfApi`` is injected (or built from ``endpoint``/``token``); n
 Not for: deciding what an entry looks like (``entries.build_entry``), when to refresh, or what to serve
 when the Hub is down (``Catalogue``).
 
-What is listed: ``list_models(filter=["lora", "base_model:adapter:<base>"], sort="downloads",
-expand=[cardData, siblings, sha, ...])`` (the client follows the ``Link`` pages), then
-``filter=["lora", "base_model:<base>"]`` for repos tagged with the base but not as an adapter; those extra
-ids are read with ``model_info``, as is any listed repo whose listing lacks ``siblings``. A repo whose card
-names other base models is left out (``HubListing.excluded``), so a list-valued ``base_model`` containing
-ours is kept.
+What is listed: the repos tagged ``lora`` and ``base_model:adapter:<base>``, by downloads, with their card,
+files, sha, widget data, ... in one request per page (``HfApi.list_models``' query, through
+huggingface_hub's ``paginate``, which follows the ``Link`` pages); then those tagged ``lora`` and
+``base_model:<base>`` but not as an adapter, whose details are read from ``/api/models/<id>``
+(``HfApi.model_info``'s request), as are those of any listed repo whose listing lacks its files. Each repo
+then goes to ``lora_engine.adapters.repo_rules.assess_repo``, the rules the engine serves by: one it refuses
+as ``IncompatibleAdapter`` (its card names other base models, or it is not a LoRA) is left out
+(``HubListing.excluded``), so a list-valued ``base_model`` containing ours is kept; any other refusal is
+listed as not servable, with the reason.
+
+The answers are read as JSON rather than as huggingface_hub's ``ModelInfo``: that class parses the card
+itself and raises ``TypeError`` on some cards (``tags: 5``), which would make one hostile repo fail the whole
+listing; the rules read every card value by type instead.
 
 Timeouts, since huggingface_hub sets none on its shared client:
 
-* ``model_info(timeout=timeout_s)`` per call.
-* ``list_models`` takes no timeout and retries 5xx and timeouts with ~23 s of backoff, so the whole listing
+* ``/api/models/<id>``: ``timeout_s`` per call.
+* the listing pages take no timeout and are retried on 5xx and timeouts with ~23 s of backoff, so the whole listing
   runs on a daemon thread and ``fetch`` waits at most ``deadline_s`` for it (``HubTimeout``). The abandoned
   thread is told to stop at its next result and ends when the client's current request (and backoff) does;
   while ``max_stuck_listings`` of them are still running, ``fetch`` fails at once instead of piling up more.
@@ -32,18 +39,23 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from .entries import Card, CatalogueEntry, base_models_of, build_entry, is_absolute_url, iso_utc, serves_base
+from lora_engine.adapters.repo_rules import assess_repo, card_from_hub
+from lora_engine.errors import IncompatibleAdapter
+
+from .entries import CatalogueEntry, build_entry, is_absolute_url, iso_utc
 from .errors import HubTimeout, HubUnavailable, InvalidCatalogueConfig
 
 if TYPE_CHECKING:
-    from huggingface_hub import HfApi, ModelInfo
+    from huggingface_hub import HfApi
 
 __all__ = ["HubListing", "HubSource", "RepoFile"]
 
@@ -75,12 +87,13 @@ class HubListing:
     Args:
         entries (`tuple[CatalogueEntry, ...]`): the adapters for the base model, Hub order (downloads).
         fetched_at (`datetime`): when the listing finished (UTC).
-        excluded (`tuple[str, ...]`): repo ids the Hub listed whose card names other base models.
+        excluded (`tuple[str, ...]`): repo ids the Hub listed that the rules say are not for this base model
+            (the card names other base models, or the repo is not a LoRA).
     """
 
     entries: tuple[CatalogueEntry, ...]  # source="hub", de-duplicated by repo id
     fetched_at: datetime  # aware UTC
-    excluded: tuple[str, ...] = ()  # listed but left out: the card's base_model is another model
+    excluded: tuple[str, ...] = ()  # listed by the Hub but refused as IncompatibleAdapter by repo_rules
 
 
 @dataclass(frozen=True)
@@ -225,34 +238,23 @@ class HubSource:
     def _list(self, base_model: str, cancel: threading.Event) -> HubListing:
         from huggingface_hub.errors import HfHubHTTPError
 
-        api = self.api
-        infos: dict[str, Any] = {}
-        for info in api.list_models(
-            filter=["lora", f"base_model:adapter:{base_model}"],
-            sort="downloads",
-            limit=self.max_entries,
-            expand=LIST_EXPAND,
-        ):
+        infos: dict[str, dict[str, Any]] = {}
+        for info in self._list_models(["lora", f"base_model:adapter:{base_model}"], LIST_EXPAND):
             if cancel.is_set():
                 raise _Cancelled()
-            infos.setdefault(info.id, info)
+            infos.setdefault(info["id"], info)
         extras: list[str] = []
-        for info in api.list_models(
-            filter=["lora", f"base_model:{base_model}"],
-            sort="downloads",
-            limit=self.max_entries,
-            expand=["downloads"],
-        ):
+        for info in self._list_models(["lora", f"base_model:{base_model}"], ["downloads"]):
             if cancel.is_set():
                 raise _Cancelled()
-            if info.id not in infos and info.id not in extras:
-                extras.append(info.id)
-        todo = [rid for rid, info in infos.items() if info.siblings is None] + extras
+            if info["id"] not in infos and info["id"] not in extras:
+                extras.append(info["id"])
+        todo = [rid for rid, info in infos.items() if info.get("siblings") is None] + extras
         for repo_id in todo:
             if cancel.is_set():
                 raise _Cancelled()
             try:
-                infos[repo_id] = api.model_info(repo_id, timeout=self.timeout_s)
+                infos[repo_id] = self._model_info(repo_id)
             except HfHubHTTPError as e:
                 status = e.response.status_code if e.response is not None else None
                 if status is not None and status < 500:  # gone or hidden since it was listed: skip that one
@@ -263,23 +265,79 @@ class HubSource:
         entries: list[CatalogueEntry] = []
         excluded: list[str] = []
         for repo_id, info in infos.items():
-            entry = self._entry(info, base_model)
+            entry = self._entry(repo_id, info, base_model)
             if entry is None:
                 excluded.append(repo_id)
             else:
                 entries.append(entry)
         if excluded:
             logger.info(
-                "left out %d repos whose card names another base model: %s", len(excluded), ", ".join(excluded[:10])
+                "left out %d repos that are not LoRAs for %s: %s", len(excluded), base_model, ", ".join(excluded[:10])
             )
         return HubListing(tuple(entries), datetime.now(UTC), tuple(excluded))
 
-    def _entry(self, info: ModelInfo, base_model: str) -> CatalogueEntry | None:
-        card_data = info.card_data.to_dict() if info.card_data is not None else {}
-        tags = tuple(t for t in info.tags or () if isinstance(t, str))
-        if not serves_base(base_models_of(card_data, tags), base_model):
+    def _headers(self) -> dict[str, str]:
+        from huggingface_hub.utils import build_hf_headers
+
+        api = self.api
+        return build_hf_headers(
+            token=api.token,
+            library_name=api.library_name,
+            library_version=api.library_version,
+            user_agent=api.user_agent,
+            headers=api.headers,
+        )
+
+    def _list_models(self, filters: list[str], expand: list[str]) -> Iterator[dict[str, Any]]:
+        """The listing's items as JSON objects: ``HfApi.list_models``' request, without its ``ModelInfo``."""
+        from huggingface_hub.utils import paginate
+
+        params = {"filter": filters, "sort": "downloads", "limit": self.max_entries, "expand": expand}
+        items = paginate(f"{self.endpoint}/api/models", params=params, headers=self._headers())
+        for item in islice(items, self.max_entries):
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                yield item
+
+    def _model_info(self, repo_id: str) -> dict[str, Any]:
+        """``/api/models/<id>`` as a JSON object: ``HfApi.model_info``'s request, without its ``ModelInfo``.
+
+        Raises:
+            HfHubHTTPError: the Hub's error answer (``hf_raise_for_status``).
+            json.JSONDecodeError: an answer that is not JSON.
+            HubUnavailable: JSON that is not an object.
+        """
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
+        response = get_session().get(
+            f"{self.endpoint}/api/models/{repo_id}", headers=self._headers(), timeout=self.timeout_s
+        )
+        hf_raise_for_status(response)
+        data = response.json()
+        if not isinstance(data, dict):
+            raise HubUnavailable(f"the Hub's answer about {repo_id} is not a JSON object", self.endpoint)
+        return data
+
+    def _entry(self, repo_id: str, info: dict[str, Any], base_model: str) -> CatalogueEntry | None:
+        card = card_from_hub(info.get("cardData"))
+        siblings = info.get("siblings")
+        files = [
+            s["rfilename"]
+            for s in (siblings if isinstance(siblings, list) else ())
+            if isinstance(s, dict) and isinstance(s.get("rfilename"), str)
+        ]
+        widget_data = info.get("widgetData")
+        verdict = assess_repo(
+            repo_id,
+            card=card,
+            files=files,
+            tags=info.get("tags"),
+            widget_data=widget_data,
+            accepted_base_models=(base_model,),
+            source="hub",
+        )
+        if verdict.refusal is not None and issubclass(verdict.refusal.error, IncompatibleAdapter):
             return None
-        repo_id, sha = info.id, info.sha
+        sha = info.get("sha") if isinstance(info.get("sha"), str) else None
         endpoint = self.endpoint
 
         def resolve_thumbnail(choice: str) -> str:
@@ -287,18 +345,16 @@ class HubSource:
                 return choice
             return f"{endpoint}/{repo_id}/resolve/{quote(sha or 'main', safe='')}/{quote(choice)}"
 
-        gated = info.gated
+        gated = info.get("gated")
         return build_entry(
-            repo_id,
-            source="hub",
-            card=Card(card_data),
-            files=[s.rfilename for s in info.siblings or ()],
+            verdict,
+            card=card,
+            files=files,
             resolve_thumbnail=resolve_thumbnail,
-            widget_data=info.widget_data,
-            tags=tags,
-            downloads=info.downloads or 0,
-            likes=info.likes or 0,
-            last_modified=iso_utc(info.last_modified) if info.last_modified else None,
+            widget_data=widget_data,
+            downloads=info.get("downloads") or 0,
+            likes=info.get("likes") or 0,
+            last_modified=_iso_or_none(info.get("lastModified")),
             gated=(gated if isinstance(gated, str) else "true") if gated else None,
             revision=sha,
         )
@@ -339,6 +395,16 @@ class HubSource:
                 f"downloading {ref.path} from {ref.repo_id} failed: {_one_line(e)}", self.endpoint
             ) from e
         return Path(path)
+
+
+def _iso_or_none(value: Any) -> str | None:
+    """The Hub's ``lastModified`` (``2024-01-02T03:04:05.000Z``) as an entry's time, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return iso_utc(datetime.fromisoformat(value))
+    except ValueError:
+        return None
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:

@@ -6,12 +6,14 @@ the demo LoRAs that ``lora_engine.demo.model`` writes under ``<demo root>/loras`
 
 Not for: downloading, validating weights (the engine does that when it loads one) or the Hub.
 
-Rules beyond those in ``entries``:
+Whether a folder is a servable LoRA is decided by ``lora_engine.adapters.repo_rules.assess_repo`` with
+``source="local"``, from the README's bytes and the file list, exactly as the engine's fetcher decides it:
 
 * A card whose ``base_model`` names other models excludes the adapter (logged). A card with no
-  ``base_model`` is kept: whoever put the folder there meant it for this server.
+  ``base_model`` or no ``lora`` tag is kept: whoever put the folder there meant it for this server.
 * Hidden files and folders (``.git``, ``.hub.json``, ``.cache``) are not repo files.
-* A folder that cannot be read is skipped with a warning; a missing root is a ``LocalSourceError``.
+* A README that is not UTF-8 text lists the adapter as not servable, with the reason; it never stops the
+  catalogue. A folder that cannot be read is skipped with a warning; a missing root is a ``LocalSourceError``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .entries import CatalogueEntry, base_models_of, build_entry, is_absolute_url, iso_utc, parse_card, serves_base
+from lora_engine.adapters.repo_rules import CARD_FILE, assess_repo, read_card
+from lora_engine.errors import IncompatibleAdapter
+
+from .entries import CatalogueEntry, build_entry, is_absolute_url, iso_utc
 from .errors import LocalSourceError
 
 __all__ = ["LocalSource"]
 
 logger = logging.getLogger(__name__)
-
-CARD_FILE = "README.md"
 
 
 class LocalSource:
@@ -69,7 +72,7 @@ class LocalSource:
             for folder in repos:
                 try:
                     entry = self._read(folder, f"{owner.name}/{folder.name}", base_model)
-                except (OSError, UnicodeDecodeError) as e:
+                except OSError as e:
                     logger.warning("skipping local adapter %s: %s", folder, e)
                     continue
                 if entry is not None:
@@ -85,13 +88,10 @@ class LocalSource:
         if not paths:
             return None
         files = sorted(p.relative_to(folder).as_posix() for p in paths)
-        card = None
-        if CARD_FILE in files:
-            card = parse_card((folder / CARD_FILE).read_text(encoding="utf-8"))
-        tags = tuple(t for t in (card.data.get("tags") if card else None) or () if isinstance(t, str))
-        bases = base_models_of(card.data if card else {}, tags)
-        if bases and not serves_base(bases, base_model):
-            logger.info("local adapter %s is for %s, not %s: left out", repo_id, ", ".join(bases), base_model)
+        card = read_card((folder / CARD_FILE).read_bytes()) if CARD_FILE in files else None
+        verdict = assess_repo(repo_id, card=card, files=files, accepted_base_models=(base_model,), source="local")
+        if verdict.refusal is not None and issubclass(verdict.refusal.error, IncompatibleAdapter):
+            logger.info("local adapter %s left out: %s", repo_id, verdict.reason)
             return None
         root = folder.resolve()
 
@@ -103,12 +103,10 @@ class LocalSource:
             return str(target) if target.is_relative_to(root) and target.is_file() else None
 
         return build_entry(
-            repo_id,
-            source="local",
+            verdict,
             card=card,
             files=files,
             resolve_thumbnail=resolve_thumbnail,
-            tags=tags,
             last_modified=iso_utc(max(p.stat().st_mtime for p in paths)),
             local_dir=str(folder),
         )

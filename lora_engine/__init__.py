@@ -1,7 +1,10 @@
 """lora_engine: one warm SDXL pipeline serving any LoRA, swapped per request.
 
 The public API is what ``__all__`` lists (a test pins it). Importing this package imports no torch: the
-modules that do are named ``torch_*`` and load when an ``Engine`` is built.
+modules that do (``pipeline/``, ``adapters.parse``) load when an ``Engine`` is built. ``ImageService`` declares
+what a host (``app.py``) needs from an engine; ``Engine`` and ``serving.cluster.ClusterClient`` implement it.
+``assess_repo`` (in ``adapters.repo_rules``, whose ``__all__`` is public too: the catalogue lists by it) decides
+whether a repo is a LoRA this server serves, and returns a ``RepoVerdict`` (a weight file, or a ``Refusal``).
 
 Example:
     >>> from lora_engine import Engine, EngineConfig, GenerationRequest
@@ -9,6 +12,7 @@ Example:
     >>> engine.generate(GenerationRequest("a red circle", lora="demo/stripes", seed=3)).image
 """
 
+from .adapters.repo_rules import Refusal, RepoVerdict, assess_repo
 from .config import SDXL_BASE_MODEL_ID, EngineConfig
 from .engine import Engine, EngineStatus, RequestFuture
 from .errors import (
@@ -29,6 +33,8 @@ from .errors import (
     UnsupportedAdapterFormat,
 )
 from .request import BASE_ADAPTER, GenerationRequest, GenerationResult, Timings
+from .service import ImageService, InlineImageService
+from .settings import Kind, Settings, setting
 
 __all__ = [
     "BASE_ADAPTER",
@@ -46,13 +52,21 @@ __all__ = [
     "EngineStatus",
     "GenerationRequest",
     "GenerationResult",
+    "ImageService",
     "IncompatibleAdapter",
+    "InlineImageService",
     "InvalidAdapterId",
     "InvalidRequest",
+    "Kind",
     "QueueFull",
+    "Refusal",
+    "RepoVerdict",
     "RequestCancelled",
     "RequestFuture",
+    "Settings",
     "Timings",
     "UnsafeAdapterFile",
     "UnsupportedAdapterFormat",
+    "assess_repo",
+    "setting",
 ]

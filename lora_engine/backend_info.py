@@ -1,8 +1,10 @@
 """What the engine loaded, as the app, results and a cluster's ingress describe it: one frozen dataclass.
 
-What this is for: the facts about a loaded base model that code without torch needs (the app's defaults, the
-Ray ingress's routing by base model). ``pipeline.backend`` fills it when it loads the pipeline and re-exports it.
-What it is not for: configuration (``config``), or anything that touches the pipeline.
+What this is for: the facts about a loaded base model that code without torch needs (the request limits and
+defaults the app shows, the Ray ingress's routing by base model and its checks). ``pipeline.backend`` fills it
+when it loads the pipeline and re-exports it.
+What it is not for: configuration (``config``), the limits' definition (``request.RequestLimits``), or anything
+that touches the pipeline.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import EngineConfig
+from .request import RequestLimits
 
 __all__ = ["BackendInfo"]
 
@@ -24,7 +27,7 @@ class BackendInfo:
         accepted_base_models (`tuple[str, ...]`): all base ids accepted.
         device (`str`), dtype (`str`): where and how it runs.
         is_demo (`bool`): the built-in offline demo model.
-        default_steps (`int`), default_side (`int`), default_guidance (`float`): request defaults that fit it.
+        limits (`RequestLimits`): what requests must satisfy, and the defaults that fit the model.
         local_lora_dirs (`tuple[str, ...]`): local LoRA folders (the demo's included).
     """
 
@@ -34,9 +37,7 @@ class BackendInfo:
     device: str
     dtype: str
     is_demo: bool
-    default_steps: int
-    default_side: int
-    default_guidance: float
+    limits: RequestLimits
     local_lora_dirs: tuple[str, ...]
 
     @classmethod
@@ -51,8 +52,8 @@ class BackendInfo:
         is_demo: bool,
         extra_lora_dirs: tuple[str, ...] = (),
     ) -> BackendInfo:
-        """The info for a loaded model: ``config``'s request defaults, or ones that fit the model when unset
-        (12 steps at 64 px for the demo, 25 steps at 1024 px for SDXL); ``device``/``dtype`` as torch prints them."""
+        """The info for a loaded model: ``config``'s limits, with request defaults that fit the model where it
+        leaves them unset (``RequestLimits.for_model``); ``device``/``dtype`` as torch prints them."""
         return cls(
             model_id=model_id,
             base_model_id=base_model_id,
@@ -60,8 +61,6 @@ class BackendInfo:
             device=str(device),
             dtype=str(dtype).removeprefix("torch."),
             is_demo=is_demo,
-            default_steps=config.default_steps or (12 if is_demo else 25),
-            default_side=config.default_side or (64 if is_demo else 1024),
-            default_guidance=config.default_guidance,
+            limits=RequestLimits.for_model(config, is_demo=is_demo),
             local_lora_dirs=(*config.local_lora_dirs, *extra_lora_dirs),
         )

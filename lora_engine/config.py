@@ -1,194 +1,217 @@
 """The engine's configuration: one frozen dataclass, read once from the environment or the command line.
 
-What this is for: every knob of the engine, with its default and a one-line reason, in one place, parsed
-and checked once at start (a bad value is a :class:`~lora_engine.errors.ConfigError` naming the variable
-and the value). The app passes the result around explicitly; nothing reads the environment later.
+What this is for: every knob of the engine, with its default and a one-line reason, in one place, declared
+with :func:`~lora_engine.settings.setting` (its variable, flag, help and rules) and read by the
+:class:`~lora_engine.settings.Settings` machinery every config class shares: a bad value is a
+:class:`~lora_engine.errors.ConfigError` naming the variable and the value, at start. The app passes the
+result around explicitly; nothing reads the environment later.
+
+The request limits (``min_side`` ... ``default_guidance``) are :class:`~lora_engine.request.RequestLimits`'
+fields under the same names, with its defaults; :meth:`RequestLimits.for_model` builds the limits from them.
 
 What it is not for: huggingface_hub's own variables (``HF_ENDPOINT``, ``HF_HOME``, ``HF_TOKEN``,
-``HF_HUB_OFFLINE``), which huggingface_hub reads itself as it defines them, nor the Gradio server's address
-(``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``). Importing this module imports no torch: ``device="auto"``
-and ``dtype="auto"`` are resolved by the backend when the pipeline is built.
+``HF_HUB_OFFLINE``), which huggingface_hub reads itself as it defines them, nor the app's own settings (the
+server's address, the catalogue: ``AppConfig`` in app.py). Importing this module imports no torch:
+``device="auto"`` and ``dtype="auto"`` are resolved by the backend when the pipeline is built.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import ConfigError
+from .request import RequestLimits
+from .settings import Kind, Settings, setting
 
 __all__ = ["EngineConfig", "SDXL_BASE_MODEL_ID"]
 
 SDXL_BASE_MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
-_ORIGINALS = ("auto", "same", "cpu")
-_SWAP_KERNELS = ("auto", "torch")
+_LIMITS = RequestLimits()
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(Settings):
     """Everything the engine needs to know; see each field's comment. Build with ``from_env``/``from_args``."""
 
+    settings_title: ClassVar[str] = "engine"
+
     # The base pipeline: a Hub repo id or a local folder. None: SDXL base on CUDA, else the built-in demo model.
-    model_id: str | None = None
+    # The two most used settings keep the short names Spaces users know; the rest are namespaced LORA_ENGINE_*.
+    model_id: str | None = setting(
+        None,
+        env="MODEL_ID",
+        help="the base pipeline, a Hub repo id or a local folder; unset: SDXL base on CUDA, else the demo model",
+    )
     # The id LoRA cards must name as base_model. None: model_id if it is a Hub id, the demo's id for the demo.
-    base_model_id: str | None = None
-    # More base ids whose LoRAs are accepted (fine-tunes sharing the architecture), comma-separated in env.
-    extra_base_models: tuple[str, ...] = ()
-    # "auto" (cuda, then mps, then cpu) or any torch device string.
-    device: str = "auto"
+    base_model_id: str | None = setting(
+        None,
+        env="BASE_MODEL_ID",
+        help="the id LoRA cards must name as base_model; unset: the model's if it is a Hub id, the demo's for the demo",
+    )
+    # Fine-tunes sharing the architecture have their own LoRAs on the Hub, which work on this base too.
+    extra_base_models: tuple[str, ...] = setting(
+        (), env="LORA_ENGINE_EXTRA_BASE_MODELS", kind=Kind.LIST, help="more accepted base model ids"
+    )
+    # A device is a torch string; "auto" lets one config serve a GPU box and a laptop alike.
+    device: str = setting(
+        "auto", env="LORA_ENGINE_DEVICE", help="'auto' (cuda, then mps, then cpu) or any torch device string"
+    )
     # "auto": float16 on CUDA/MPS, float32 on CPU (bfloat16 is valid on CPU too but slower on most CPUs).
-    dtype: str = "auto"
+    dtype: str = setting(
+        "auto",
+        env="LORA_ENGINE_DTYPE",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="'auto': float16 on CUDA/MPS, float32 on CPU",
+    )
     # Where to build/find the demo model. None: ~/.cache/sdxl-lora-server/demo-v<version>.
-    demo_dir: str | None = None
+    demo_dir: str | None = setting(
+        None,
+        env="LORA_ENGINE_DEMO_DIR",
+        shown_default="~/.cache/sdxl-lora-server/demo-v<version>",
+        help="where the shipped demo model is laid out once",
+    )
     # The huggingface_hub cache for adapters. None: huggingface_hub's default (HF_HOME / HF_HUB_CACHE).
-    hub_cache_dir: str | None = None
-    # Seconds for each Hub call (metadata and each download read); huggingface_hub sets none by default.
-    hub_timeout_s: float = 20.0
-    # Weight files larger than this are refused before download (real SDXL LoRAs are 10 MB - 900 MB).
-    max_adapter_bytes: int = 1 << 30
+    hub_cache_dir: str | None = setting(
+        None, env="LORA_ENGINE_HUB_CACHE_DIR", shown_default="huggingface_hub's", help="the adapter download cache"
+    )
+    # huggingface_hub sets no timeout by default, and a stuck Hub would hold the worker forever.
+    hub_timeout_s: float = setting(
+        20.0, env="LORA_ENGINE_HUB_TIMEOUT_S", kind=Kind.SECONDS, at_least=0, help="seconds for each Hub call"
+    )
+    # Real SDXL LoRAs are 10 MB - 900 MB; a bigger file is refused before download.
+    max_adapter_bytes: int = setting(
+        1 << 30,
+        env="LORA_ENGINE_MAX_ADAPTER_BYTES",
+        kind=Kind.BYTES,
+        at_least=1,
+        help="weight files larger than this are refused before download",
+    )
     # Parsed adapters kept in host RAM, by bytes of tensors (LRU). Real rank-32 SDXL LoRAs are ~200 MB.
-    ram_cache_bytes: int = 4 << 30
+    ram_cache_bytes: int = setting(
+        4 << 30,
+        env="LORA_ENGINE_RAM_CACHE_BYTES",
+        kind=Kind.BYTES,
+        at_least=1,
+        help="parsed adapters kept in host RAM (LRU by bytes)",
+    )
     # Adapters kept on the accelerator ready to swap, by bytes (LRU). Ignored on CPU (the RAM tier serves).
-    device_cache_bytes: int = 2 << 30
+    device_cache_bytes: int = setting(
+        2 << 30,
+        env="LORA_ENGINE_DEVICE_CACHE_BYTES",
+        kind=Kind.BYTES,
+        at_least=0,
+        help="adapters kept ready on the device (LRU by bytes)",
+    )
     # Where originals of touched layers live: "same" (beside the weights, fastest), "cpu" (pinned host), "auto".
-    originals_device: str = "auto"
+    originals_device: str = setting(
+        "auto",
+        env="LORA_ENGINE_ORIGINALS_DEVICE",
+        choices=("auto", "same", "cpu"),
+        help="where originals of touched layers live: 'same' (beside the weights) or 'cpu' (pinned host)",
+    )
     # "auto": bf16 CPU weights are written by a one-pass AMX kernel, built with the system C compiler on first
     # use, when the CPU has AMX (else, and for every other case, torch.addmm); "torch": always torch.addmm.
-    swap_kernel: str = "auto"
-    # Keep originals of every attention/text-encoder linear at start, so the first swap costs like later ones.
-    eager_originals: bool = True
-    # Check each return to the base model: every kept original equals its live layer (one read of those layers).
-    verify_restores: bool = True
-    # Requests waiting at most; one more gets QueueFull at once (HTTP 503).
-    max_queue: int = 64
-    # A request waits at most this long beyond where plain FIFO would have run it (adapter grouping).
-    max_wait_s: float = 10.0
-    # Group requests by adapter (False: plain FIFO).
-    group_by_adapter: bool = True
-    # Parse the next queued request's adapter while the current one runs.
-    prefetch: bool = True
-    # Request limits: image side in pixels (multiples of 8), denoising steps, prompt length in characters.
-    min_side: int = 64
-    max_side: int = 2048
-    max_steps: int = 100
-    max_prompt_chars: int = 4000
-    # Defaults for requests that leave them out. None: chosen for the model (1024 px/25 steps SDXL, 64 px/12 steps
-    # demo).
-    default_steps: int | None = None
-    default_side: int | None = None
-    default_guidance: float = 5.0
+    swap_kernel: str = setting(
+        "auto",
+        env="LORA_ENGINE_SWAP_KERNEL",
+        choices=("auto", "torch"),
+        help="'auto': a one-pass kernel for bf16 weights on AMX CPUs, else torch.addmm; 'torch': always torch.addmm",
+    )
+    # Keeping originals at start makes the first swap cost like later ones.
+    eager_originals: bool = setting(
+        True,
+        env="LORA_ENGINE_EAGER_ORIGINALS",
+        kind=Kind.BOOL,
+        help="keep originals of every attention/text-encoder linear at start",
+    )
+    # One read of the touched layers per return to the base proves the restore was exact.
+    verify_restores: bool = setting(
+        True,
+        env="LORA_ENGINE_VERIFY_RESTORES",
+        kind=Kind.BOOL,
+        help="on each return to the base model, check every restored layer equals its kept original",
+    )
+    # A bounded queue answers "busy" at once instead of letting waits grow without end.
+    max_queue: int = setting(
+        64,
+        env="LORA_ENGINE_MAX_QUEUE",
+        kind=Kind.INT,
+        at_least=1,
+        help="requests waiting at most; one more is refused at once (HTTP 503)",
+    )
+    # Grouping by adapter reorders requests; this bounds what that costs any one of them.
+    max_wait_s: float = setting(
+        10.0,
+        env="LORA_ENGINE_MAX_WAIT_S",
+        kind=Kind.SECONDS,
+        at_least=0,
+        help="the most a request waits beyond where plain FIFO would have run it",
+    )
+    # Grouping saves swaps; False gives plain FIFO (benchmarks' baseline).
+    group_by_adapter: bool = setting(
+        True, env="LORA_ENGINE_GROUP_BY_ADAPTER", kind=Kind.BOOL, help="group requests by adapter (false: FIFO)"
+    )
+    # Parsing the next adapter during the current image hides the fetch behind inference.
+    prefetch: bool = setting(
+        True,
+        env="LORA_ENGINE_PREFETCH",
+        kind=Kind.BOOL,
+        help="fetch and parse the next queued adapter while the current request runs",
+    )
+    # Request limits (RequestLimits' fields, same names and defaults): image side in pixels (multiples of 8),
+    # denoising steps, prompt length in characters.
+    min_side: int = setting(
+        _LIMITS.min_side, env="LORA_ENGINE_MIN_SIDE", kind=Kind.INT, help="smallest image side (a multiple of 8)"
+    )
+    max_side: int = setting(
+        _LIMITS.max_side, env="LORA_ENGINE_MAX_SIDE", kind=Kind.INT, help="largest image side (a multiple of 8)"
+    )
+    max_steps: int = setting(
+        _LIMITS.max_steps, env="LORA_ENGINE_MAX_STEPS", kind=Kind.INT, at_least=1, help="most denoising steps"
+    )
+    max_prompt_chars: int = setting(
+        _LIMITS.max_prompt_chars,
+        env="LORA_ENGINE_MAX_PROMPT_CHARS",
+        kind=Kind.INT,
+        at_least=1,
+        help="longest prompt (and negative prompt), in characters",
+    )
+    # Defaults for requests that leave them out. None: what fits the model (RequestLimits.for_model).
+    default_steps: int | None = setting(
+        None,
+        env="LORA_ENGINE_DEFAULT_STEPS",
+        kind=Kind.INT,
+        at_least=1,
+        shown_default="the model's (25 SDXL, 12 demo)",
+        help="denoising steps of requests that leave them out",
+    )
+    default_side: int | None = setting(
+        None,
+        env="LORA_ENGINE_DEFAULT_SIDE",
+        kind=Kind.INT,
+        shown_default="the model's (1024 SDXL, 64 demo)",
+        help="image side of requests that leave it out",
+    )
+    default_guidance: float = setting(
+        _LIMITS.default_guidance,
+        env="LORA_ENGINE_DEFAULT_GUIDANCE",
+        kind=Kind.FLOAT,
+        help="guidance scale of requests that leave it out",
+    )
     # Local LoRA folders (laid out like Hub repos, <root>/<owner>/<name>/), searched before the Hub.
-    local_lora_dirs: tuple[str, ...] = field(default_factory=tuple)
+    local_lora_dirs: tuple[str, ...] = setting(
+        (),
+        env="LORA_ENGINE_LOCAL_LORA_DIRS",
+        kind=Kind.LIST,
+        help="local LoRA folders (<root>/<owner>/<name>/ like Hub repos), searched before the Hub",
+    )
 
     def __post_init__(self):
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"LORA_ENGINE_DTYPE must be one of {', '.join(_DTYPES)} but is {self.dtype!r}")
-        if self.originals_device not in _ORIGINALS:
-            raise ConfigError(
-                f"LORA_ENGINE_ORIGINALS_DEVICE must be one of {', '.join(_ORIGINALS)} but is {self.originals_device!r}"
-            )
-        if self.swap_kernel not in _SWAP_KERNELS:
-            raise ConfigError(
-                f"LORA_ENGINE_SWAP_KERNEL must be one of {', '.join(_SWAP_KERNELS)} but is {self.swap_kernel!r}"
-            )
-        for name in ("max_queue", "max_adapter_bytes", "ram_cache_bytes", "max_steps", "max_prompt_chars"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_env_name(name)} must be at least 1 but is {getattr(self, name)!r}")
-        for name in ("hub_timeout_s", "max_wait_s", "device_cache_bytes"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{_env_name(name)} must be >= 0 but is {getattr(self, name)!r}")
+        super().__post_init__()
         if not (8 <= self.min_side <= self.max_side) or self.min_side % 8 or self.max_side % 8:
             raise ConfigError(
-                f"LORA_ENGINE_MIN_SIDE/MAX_SIDE must be multiples of 8 with 8 <= min <= max, "
+                f"LORA_ENGINE_MIN_SIDE and LORA_ENGINE_MAX_SIDE must be multiples of 8 with 8 <= min <= max, "
                 f"but are {self.min_side!r} and {self.max_side!r}"
             )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> EngineConfig:
-        """Read ``MODEL_ID``/``BASE_MODEL_ID`` and ``LORA_ENGINE_<FIELD>`` variables once.
-
-        Args:
-            environ (`Mapping[str, str]`, *optional*): defaults to ``os.environ``.
-            overrides: field values that win over the environment (e.g. from CLI flags).
-
-        Raises:
-            ConfigError: a value does not parse or breaks a rule.
-        """
-        environ = os.environ if environ is None else environ
-        values: dict = {}
-        for f in fields(cls):
-            raw = environ.get(_env_name(f.name))
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add one ``--flag`` per field, documented with its environment variable and default."""
-        group = parser.add_argument_group("engine (each flag overrides its environment variable)")
-        for f in fields(cls):
-            default = f.default if f.default_factory is MISSING else f.default_factory()
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                default=None,
-                type=lambda raw, name=f.name: _parse(name, raw),
-                help=f"[env: {_env_name(f.name)}] [default: {default!r}]",
-            )
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace | Sequence[str] | None = None, environ=None) -> EngineConfig:
-        """Environment first, then CLI flags (from ``add_arguments``) on top."""
-        if args is None or isinstance(args, (list, tuple)):
-            parser = argparse.ArgumentParser()
-            cls.add_arguments(parser)
-            args = parser.parse_args(args)
-        overrides = {f.name: getattr(args, f.name, None) for f in fields(cls)}
-        return cls.from_env(environ, **overrides)
-
-    def replace(self, **changes) -> EngineConfig:
-        return replace(self, **changes)
-
-
-def _env_name(field_name: str) -> str:
-    # The two most used keep the short names the issue and Spaces users know; the rest are namespaced.
-    if field_name in ("model_id", "base_model_id"):
-        return field_name.upper()
-    return "LORA_ENGINE_" + field_name.upper()
-
-
-def _parse(name: str, raw: str):
-    f = {f.name: f for f in fields(EngineConfig)}[name]
-    kind = str(f.type)
-    try:
-        if kind.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind.startswith("int"):
-            return _parse_int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ConfigError(f"{_env_name(name)} must be a {kind} but is {raw!r}") from None
-
-
-def _parse_int(raw: str) -> int:
-    # Byte budgets read better as "4GiB" or "512MiB"; plain integers work too.
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9}
-    text = raw.strip().lower().replace("_", "")
-    for suffix, mult in units.items():
-        if text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * mult)
-    return int(text)

@@ -1,23 +1,20 @@
-"""The ``Engine`` facade: one worker thread owns the pipeline; everyone else submits requests and waits.
+"""The ``Engine``: one worker thread owns the pipeline; everyone else submits requests and waits.
 
-What this is for: the only way in. ``submit()`` checks capacity (``QueueFull`` at once), validates the
-request (``InvalidRequest``), enqueues it in the :class:`~lora_engine.scheduler.SchedulerState` and returns
-a ``concurrent.futures.Future``. The worker thread pops the next request (grouped by adapter, bounded
-wait), finds its adapter in the cache tiers (device -> RAM -> disk -> Hub), swaps it in, runs the pipeline
-and resolves the future. A prefetch thread meanwhile fetches and parses the adapter of the request the
-scheduler will pick next, into the RAM tier, without touching the pipeline.
+What this is for: the queue and the worker. ``submit()`` checks capacity (``QueueFull`` at once), validates the
+request (``InvalidRequest``), enqueues it in the :class:`~lora_engine.scheduler.SchedulerState` and returns a
+``concurrent.futures.Future``. The worker thread pops the next request (grouped by adapter, bounded wait), asks
+the :class:`~lora_engine.adapters.store.AdapterStore` for its adapter, swaps it into the weights
+(``pipeline.backend.DiffusersBackend``), checks the base on every return to it, runs the pipeline and resolves the
+future. As it pops a request it hands the adapters of the next few to the store's prefetch. It also keeps the
+request metrics, the queue-time estimates, and runs control calls (digest checks) between requests.
 
-What it is not for: torch. This module imports none; the backend (``pipeline.backend.DiffusersBackend``) and
-the fetcher (``adapters.fetch.AdapterFetcher``) are handed in, which is what lets the engine's threading be
-tested on its own and lets embedding applications pass a pipeline they built (``Engine.from_pipeline``).
+What it is not for: the adapter tiers, in-flight de-duplication, remembered refusals or prefetching (the store), the
+weights themselves (the backend), fetching (``adapters.fetch``). Nor torch: this module imports none; the backend
+and the fetcher are handed in, which is what lets embedding applications pass a pipeline they built
+(``Engine.from_pipeline``).
 
-Cache tiers, keyed by ``AdapterKey`` (repo, file, revision sha):
-    disk    huggingface_hub's cache, pinned to the resolved sha (``adapters.fetch``);
-    ram     parsed and validated factors in host memory, LRU by bytes (``ram_cache_bytes``);
-    device  factors on the weights' device and dtype, LRU by bytes (``device_cache_bytes``); the adapter in
-            the weights is pinned there.
-Refusals of a file (corrupt, wrong shapes, unsupported format) are remembered per key, so a bad revision
-is never parsed twice.
+Where a request's adapter comes from (``GenerationResult.cache_tier``): ``"active"`` (in the weights already),
+``"device"``, ``"ram"``, ``"disk"``, ``"hub"`` or ``"local"``; see ``adapters.store``.
 """
 
 from __future__ import annotations
@@ -27,22 +24,32 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .adapter_cache import AdapterKey, ByteLRU
+from .adapter_cache import AdapterKey
+from .adapters.store import AdapterStore, LoadedAdapter
+from .backend_info import BackendInfo
 from .config import EngineConfig
-from .errors import AdapterError, EngineClosed, EngineError, InvalidAdapterId, QueueFull
+from .errors import EngineClosed, EngineError, InvalidAdapterId, QueueFull
 from .metrics import EngineMetrics
-from .request import BASE_ADAPTER, GenerationRequest, GenerationResult, RequestLimits, Timings, validate_request
+from .request import (
+    BASE_ADAPTER,
+    GenerationRequest,
+    GenerationResult,
+    RequestLimits,
+    Timings,
+    check_adapter_id,
+    validate_request,
+)
 from .scheduler import SchedulerState, Ticket
+from .service import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineStatus", "RequestFuture"]
 
-ProgressCallback = Callable[[int, int], None]
 # How many upcoming adapters are fetched ahead, and by how many threads (downloads overlap; parsing is
 # short and releases the GIL in torch).
 _PREFETCH_DEPTH = 4
@@ -87,28 +94,18 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    """An adapter ready to swap, and where it was found."""
+class _Control:
+    """A call to run on the worker thread between requests (a digest check), and the Future of its result."""
 
-    key: AdapterKey
-    adapter: object  # ParsedAdapter on the device
-    tier: str
-    fetch_s: float
-
-
-@dataclass
-class _Inflight:
-    """A fetch+parse in progress (prefetch or worker), so the same adapter is never fetched twice at once."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    key: AdapterKey | None = None
-    error: BaseException | None = None
+    call: Callable[[], object]
+    result: Future
 
 
 class Engine:
     """Serves generation requests from one warm SDXL pipeline, swapping LoRA adapters per request.
 
-    Build it with :meth:`from_config` (loads ``MODEL_ID`` or the demo model) or :meth:`from_pipeline`.
+    Build it with :meth:`from_config` (loads ``MODEL_ID`` or the demo model) or :meth:`from_pipeline`. It implements
+    :class:`~lora_engine.service.InlineImageService`.
 
     Example:
         >>> engine = Engine.from_config(EngineConfig.from_env())
@@ -116,48 +113,42 @@ class Engine:
         >>> result.image.save("out.png"); print(result.timings)
     """
 
+    info: BackendInfo
+    limits: RequestLimits
+    config: EngineConfig
+
     def __init__(self, backend, fetcher, config: EngineConfig, *, metrics: EngineMetrics | None = None):
         self.backend = backend
         self.fetcher = fetcher
         self.config = config
         self.info = backend.info
         self.metrics = metrics or EngineMetrics()
-        self.limits = RequestLimits(
-            min_side=config.min_side,
-            max_side=config.max_side,
-            max_steps=config.max_steps,
-            max_prompt_chars=config.max_prompt_chars,
-            default_steps=self.info.default_steps,
-            default_side=self.info.default_side,
-            default_guidance=self.info.default_guidance,
-        )
+        self.limits = self.info.limits
         self._rng = random.SystemRandom()
         self._cond = threading.Condition()
         self._state: SchedulerState[_Job] = SchedulerState(
             max_queue=config.max_queue, max_wait_s=config.max_wait_s, group_by_adapter=config.group_by_adapter
         )
         self._closed = False
-        # The adapter id in the weights; read by submit()/prefetch under _cond, written by the worker.
+        # The adapter id in the weights; read by submit()/position()/the scheduler under _cond, written by the worker.
         self._loaded_adapter = BASE_ADAPTER
-        self._cache_lock = threading.Lock()
-        self._ram: ByteLRU[AdapterKey, object] = ByteLRU(config.ram_cache_bytes)
-        self._device: ByteLRU[AdapterKey, object] = ByteLRU(config.device_cache_bytes)
-        self._refused: dict[AdapterKey, AdapterError] = {}
-        self._inflight: dict[str, _Inflight] = {}
+        self._store = AdapterStore(
+            fetcher,
+            parse=self._parse,
+            prepare=backend.prepare,
+            ram_cache_bytes=config.ram_cache_bytes,
+            device_cache_bytes=config.device_cache_bytes,
+            metrics=self.metrics,
+            prefetch_threads=_PREFETCH_THREADS,
+        )
         # Recent mean seconds per request (fetch + swap + inference), for estimate_s; None before the first.
         self._mean_run_s: float | None = None
-        # Adapter ids handed to the prefetch pool and not finished yet.
-        self._prefetch_pending: set[str] = set()
-        # Calls to run on the worker thread between requests (digest checks), with their futures.
-        self._control: list[tuple[Callable[[], object], Future]] = []
-        # The AdapterKey in the weights (None: the base); revision-exact, unlike _loaded_adapter.
-        self._active_key: AdapterKey | None = None
-        # Its factors on the device, held here so no cache eviction can take them while they are in use.
-        self._active_prepared: object | None = None
+        # Calls to run on the worker thread between requests (digest checks).
+        self._control: list[_Control] = []
         self.base_digest = backend.base_digest
         self._digest_ok = True
         self.metrics.digest_ok.set(1)
-        self.metrics.originals_bytes.set(backend.swapper.originals_bytes)
+        self.metrics.originals_bytes.set(backend.originals_bytes())
         self.metrics.model.info(
             {
                 "model_id": self.info.model_id,
@@ -168,7 +159,6 @@ class Engine:
             }
         )
         self._inline_lock = threading.Lock()
-        self._prefetcher = ThreadPoolExecutor(max_workers=_PREFETCH_THREADS, thread_name_prefix="lora-prefetch")
         self._worker = threading.Thread(target=self._work, name="lora-engine-worker", daemon=True)
         self._worker.start()
 
@@ -227,7 +217,7 @@ class Engine:
     # -- the public surface ---------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, *, on_progress: ProgressCallback | None = None) -> Future:
-        """Queue a request; returns a Future of :class:`GenerationResult`.
+        """Queue a request; returns a Future of :class:`GenerationResult` (a :class:`RequestFuture`).
 
         Checks, in order: the engine is open, the queue has room (``QueueFull`` at once), the request is
         valid (``InvalidRequest``/``InvalidAdapterId``). Cancelling the future before the request runs
@@ -261,7 +251,9 @@ class Engine:
         """``submit(request).result(timeout)``: blocks until the image is ready."""
         return self.submit(request, **kwargs).result(timeout)
 
-    def generate_inline(self, request: GenerationRequest, on_progress: ProgressCallback | None = None):
+    def generate_inline(
+        self, request: GenerationRequest, on_progress: ProgressCallback | None = None
+    ) -> GenerationResult:
         """Run one request on the calling thread and return the weights to the base model afterwards.
 
         For hosts where the GPU exists only inside a particular call, such as Hugging Face ZeroGPU, whose
@@ -280,24 +272,22 @@ class Engine:
             finally:
                 self._swap_to(None, 0.0)
 
-    def check_adapter(self, adapter_id: str):
+    def check_adapter(self, adapter_id: str) -> AdapterKey | None:
         """Check an adapter id against this base model without loading it (for the UI's "Any Hub LoRA").
 
         Returns:
-            `AdapterKey`: the repo, the chosen weight file and the revision it resolved to.
+            `AdapterKey`: the repo, the chosen weight file and the revision it resolved to; None for the base
+            model (``""``).
 
         Raises:
             InvalidAdapterId, AdapterNotFound, AdapterGated, AdapterFetchError, IncompatibleAdapter,
             UnsafeAdapterFile
         """
-        from .request import check_adapter_id
-
-        check_adapter_id(adapter_id)
-        if adapter_id == BASE_ADAPTER:
+        if check_adapter_id(adapter_id) == BASE_ADAPTER:
             return None
         return self.fetcher.resolve(adapter_id)
 
-    def preload(self, adapter_id: str):
+    def preload(self, adapter_id: str) -> AdapterKey:
         """Fetch and parse an adapter into the RAM tier now, on the calling thread; the weights are untouched.
 
         For hosts that decide which adapters a process holds, such as Ray Serve's multiplexed loader
@@ -312,33 +302,22 @@ class Engine:
             AdapterNotFound, AdapterGated, AdapterFetchError, IncompatibleAdapter, UnsafeAdapterFile,
             UnsupportedAdapterFormat, CorruptAdapter
         """
-        from .request import check_adapter_id
-
         if check_adapter_id(adapter_id) == BASE_ADAPTER:
             raise InvalidAdapterId(adapter_id, "the base model is always loaded; there is nothing to preload")
-        key, _ = self._ensure_in_ram(adapter_id)
-        return key
+        return self._store.preload(adapter_id)
 
     def evict(self, adapter_id: str) -> bool:
         """Drop every revision of an adapter from the RAM and device tiers; returns whether any was held.
 
         The other half of ``preload``: a host that unloads an adapter calls this, so the engine does not keep
-        bytes for it. The adapter in the weights stays usable (the worker holds its factors); a later request
+        bytes for it. The adapter in the weights stays usable (the store holds its factors); a later request
         for it fetches it again, from the disk tier.
         """
-        dropped = False
-        with self._cache_lock:
-            for tier, lru in (("ram", self._ram), ("device", self._device)):
-                for key in [k for k in lru.keys() if k.repo_id == adapter_id]:
-                    lru.pop(key)
-                    dropped = True
-                self.metrics.cache_bytes.labels(tier).set(lru.bytes)
-        return dropped
+        return self._store.evict(adapter_id)
 
     def resident_adapters(self) -> list[str]:
         """The adapter ids parsed in the RAM tier, least recently used first."""
-        with self._cache_lock:
-            return list(dict.fromkeys(key.repo_id for key in self._ram.keys()))
+        return self._store.resident_adapters()
 
     def position(self, future: Future) -> int | None:
         """How many requests run before this one (an estimate); None once it runs or is gone."""
@@ -349,31 +328,38 @@ class Engine:
             return self._state.position(ticket, self._loaded_adapter, time.monotonic())
 
     def estimate_s(self, future: Future) -> float | None:
-        """Rough seconds until this request is done: (its position + 1) runs at the recent mean run time."""
+        """Rough seconds until this request is done: (its position + 1) runs at the recent mean run time.
+
+        None when not known: no request has finished yet, or this one is not waiting.
+        """
         position = self.position(future)
-        if position is None or self._mean_run_s is None:
+        mean_run_s = self._mean_run_s
+        if position is None or mean_run_s is None:
             return None
-        return (position + 1) * self._mean_run_s
+        return (position + 1) * mean_run_s
 
     def status(self) -> EngineStatus:
         with self._cond:
             depth = len(self._state)
             stats = self._state.stats
-        with self._cache_lock:
-            ram, dev = self._ram.stats(), self._device.stats()
+        store = self._store.stats()
         return EngineStatus(
             queue_depth=depth,
             active_adapter=self._loaded_adapter,
             base_digest=self.base_digest,
             digest_ok=self._digest_ok,
-            ram_cache=asdict(ram),
-            device_cache=asdict(dev),
+            ram_cache=asdict(store.ram),
+            device_cache=asdict(store.device),
             scheduler={
                 "dispatched": stats.dispatched,
                 "dispatched_out_of_order": stats.dispatched_out_of_order,
                 "max_overtaken_s": stats.max_overtaken_s,
             },
         )
+
+    def metrics_text(self) -> bytes:
+        """The engine's metrics in the Prometheus text format (for ``GET /metrics``)."""
+        return self.metrics.render()
 
     def current_digest(self, timeout: float | None = None) -> str:
         """The digest of the weights as they are now, computed on the worker (for tests and health checks).
@@ -394,7 +380,7 @@ class Engine:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(EngineClosed("the engine closed before this request ran"))
         self._worker.join(timeout)
-        self._prefetcher.shutdown(wait=False, cancel_futures=True)
+        self._store.close()
 
     def __enter__(self):
         return self
@@ -411,15 +397,15 @@ class Engine:
                     self.metrics.requests.labels("cancelled").inc()
                 self.metrics.queue_depth.set(len(self._state))
 
-    def _call_on_worker(self, fn, timeout):
-        # A control job rides the same queue as requests, so it runs between requests on the worker thread.
-        box: Future = Future()
+    def _call_on_worker(self, fn: Callable[[], object], timeout: float | None):
+        # A control call rides the same queue as requests, so it runs between requests on the worker thread.
+        control = _Control(fn, Future())
         with self._cond:
-            self._control.append((fn, box))
+            self._control.append(control)
             self._cond.notify_all()
-        return box.result(timeout)
+        return control.result.result(timeout)
 
-    def _next(self):
+    def _next(self) -> _Job | _Control | None:
         with self._cond:
             while True:
                 if self._control:
@@ -437,8 +423,8 @@ class Engine:
                             dispatch.ticket.adapter, time.monotonic(), _PREFETCH_DEPTH
                         )
                         for adapter in upcoming:
-                            if adapter != dispatch.ticket.adapter:
-                                self._start_prefetch(adapter)
+                            if adapter not in (dispatch.ticket.adapter, BASE_ADAPTER):
+                                self._store.prefetch(adapter)
                     return dispatch.payload
                 self._cond.wait()
 
@@ -447,12 +433,11 @@ class Engine:
             item = self._next()
             if item is None:
                 return
-            if isinstance(item, tuple):
-                fn, box = item
+            if isinstance(item, _Control):
                 try:
-                    box.set_result(fn())
+                    item.result.set_result(item.call())
                 except Exception as e:  # forwarded to the caller; this thread must survive
-                    box.set_exception(e)
+                    item.result.set_exception(e)
                 continue
             job = item
             if not job.future.set_running_or_notify_cancel():
@@ -481,7 +466,7 @@ class Engine:
         queue_s = started - job.enqueued_at
         self.metrics.queue_wait.labels(self.metrics.adapter_label(req.lora)).observe(queue_s)
 
-        loaded = None if req.lora == BASE_ADAPTER else self._adapter_for_worker(req.lora)
+        loaded = None if req.lora == BASE_ADAPTER else self._store.get(req.lora)
         fetched = time.monotonic()
         swap_s = self._swap_to(loaded, req.lora_scale)
         swapped = time.monotonic()
@@ -501,170 +486,43 @@ class Engine:
             weights_digest=self.base_digest,
         )
 
-    def _swap_to(self, loaded: _Loaded | None, scale: float) -> float:
-        swapper = self.backend.swapper
+    def _swap_to(self, loaded: LoadedAdapter | None, scale: float) -> float:
+        """Make the weights ``base + scale * loaded`` unless they are that already; returns the seconds it took."""
+        active = self.backend.active()
         want = None if loaded is None or scale == 0.0 else (loaded.key.repo_id, scale)
-        have = None if swapper.active is None else (swapper.active.adapter_id, swapper.active.scale)
-        if want == have and (loaded is None or self._active_key == loaded.key):
+        have = None if active is None else (active.adapter_id, active.scale)
+        if want == have and (loaded is None or self._store.active_key == loaded.key):
             return 0.0
         t0 = time.monotonic()
         try:
-            self.backend.swap(None if loaded is None else loaded.adapter, scale)
+            self.backend.swap(None if loaded is None else loaded.prepared, scale)
         finally:
-            # Whatever happened, the swapper is at the new adapter or (after a failure) at the exact base.
-            self._active_key = loaded.key if (loaded is not None and swapper.active is not None) else None
-            self._active_prepared = loaded.adapter if self._active_key is not None else None
-            self._loaded_adapter = swapper.active.adapter_id if swapper.active is not None else BASE_ADAPTER
-            with self._cache_lock:
-                self._device.pin(self._active_key)
-        if swapper.active is None and self.config.verify_restores:
+            # Whatever happened, the weights are at the new adapter or (after a failure) at the exact base.
+            active = self.backend.active()
+            self._store.set_active(loaded if (loaded is not None and active is not None) else None)
+            self._loaded_adapter = active.adapter_id if active is not None else BASE_ADAPTER
+        if active is None and self.config.verify_restores:
             self._check_digest()
         # Counted as swap time (the check is part of returning to the base), not left out of every field.
         swap_s = time.monotonic() - t0
         self.metrics.swaps.inc()
         self.metrics.swap_seconds.observe(swap_s)
-        self.metrics.originals_bytes.set(swapper.originals_bytes)
+        self.metrics.originals_bytes.set(self.backend.originals_bytes())
         return swap_s
 
     def _check_digest(self) -> None:
         # Every kept original compared with its live layer: as strong as the full digest for the layers swaps
         # touch (nothing else is ever written), at the cost of one read instead of a reduction over all weights.
         self.metrics.digest_checks.inc()
-        if not self.backend.swapper.verify_base():
+        if not self.backend.verify_base():
             # Should be impossible (restores are copies); make it loud rather than serve a corrupted base.
             self._digest_ok = False
             self.metrics.digest_ok.set(0)
             logger.error("a restored layer differs from its original; the base weights are no longer exact")
 
-    # -- adapters: cache tiers, prefetch --------------------------------------------------------------
-
-    def _adapter_for_worker(self, adapter_id: str) -> _Loaded:
-        t0 = time.monotonic()
-        known = self.fetcher.known_key(adapter_id)
-        if known is not None and known == self._active_key and self._active_prepared is not None:
-            self.metrics.cache_lookups.labels("active").inc()
-            return _Loaded(known, self._active_prepared, "active", time.monotonic() - t0)
-        with self._cache_lock:
-            ready = None if known is None else self._device.get(known)
-        if ready is not None:
-            self.metrics.cache_lookups.labels("device").inc()
-            return _Loaded(known, ready, "device", time.monotonic() - t0)
-        key, tier = self._ensure_in_ram(adapter_id)
-        with self._cache_lock:
-            parsed = self._ram.get(key)
-        if parsed is None:
-            # Evicted between the two lookups by a concurrent prefetch: parse again, on this thread.
-            key, tier = self._ensure_in_ram(adapter_id, force=True)
-            with self._cache_lock:
-                parsed = self._ram.get(key)
-        if parsed is None:
-            # Larger than the whole RAM tier: the LRU keeps nothing of it, so parse it for this swap alone.
-            parsed = self._parse(adapter_id, self.fetcher.fetch(adapter_id).path)
-        prepared = self.backend.prepare(parsed)
-        with self._cache_lock:
-            for _ in self._device.put(key, prepared, prepared.nbytes):
-                self.metrics.evictions.labels("device").inc()
-            self.metrics.cache_bytes.labels("device").set(self._device.bytes)
-        self.metrics.cache_lookups.labels(tier).inc()
-        return _Loaded(key, prepared, tier, time.monotonic() - t0)
-
-    def _ensure_in_ram(self, adapter_id: str, force: bool = False) -> tuple[AdapterKey, str]:
-        """Make sure the adapter is parsed in the RAM tier; returns its key and the tier it came from.
-
-        Waits for a prefetch of the same adapter rather than fetching it twice.
-        """
-        while True:
-            with self._cache_lock:
-                inflight = self._inflight.get(adapter_id)
-                if inflight is None:
-                    inflight = _Inflight()
-                    self._inflight[adapter_id] = inflight
-                    mine = True
-                else:
-                    mine = False
-            if not mine:
-                inflight.done.wait()
-                if inflight.error is not None:
-                    raise inflight.error
-                with self._cache_lock:
-                    if inflight.key in self._ram:
-                        return inflight.key, "ram"
-                continue  # evicted meanwhile: fetch it ourselves
-            try:
-                key, tier = self._load_into_ram(adapter_id, force)
-                inflight.key = key
-                return key, tier
-            except BaseException as e:
-                inflight.error = e
-                raise
-            finally:
-                with self._cache_lock:
-                    self._inflight.pop(adapter_id, None)
-                inflight.done.set()
-
-    def _parse(self, adapter_id: str, path):
+    def _parse(self, adapter_id: str, path: Path):
+        """The store's ``parse``: read and check one adapter file against this pipeline's layers."""
         from .adapters.parse import load_adapter_file, parse_lora_state_dict
 
         tensors, metadata = load_adapter_file(adapter_id, path, max_bytes=self.config.max_adapter_bytes)
         return parse_lora_state_dict(adapter_id, tensors, metadata, self.backend.index)
-
-    def _load_into_ram(self, adapter_id: str, force: bool) -> tuple[AdapterKey, str]:
-        t0 = time.monotonic()
-        known = None if force else self.fetcher.known_key(adapter_id)
-        with self._cache_lock:
-            if known is not None and known in self._ram:
-                return known, "ram"
-        source = self.fetcher.fetch(adapter_id)
-        with self._cache_lock:
-            refused = self._refused.get(source.key)
-            if refused is not None:
-                raise refused
-            if not force and source.key in self._ram:
-                return source.key, "ram"
-        try:
-            parsed = self._parse(adapter_id, source.path)
-        except AdapterError as e:
-            with self._cache_lock:
-                self._refused[source.key] = e
-            raise
-        with self._cache_lock:
-            for _ in self._ram.put(source.key, parsed, parsed.nbytes):
-                self.metrics.evictions.labels("ram").inc()
-            self.metrics.cache_bytes.labels("ram").set(self._ram.bytes)
-        self.metrics.fetch_seconds.observe(time.monotonic() - t0)
-        return source.key, source.origin
-
-    def _start_prefetch(self, adapter_id: str) -> None:
-        """Called under ``_cond`` by the worker: fetch+parse ``adapter_id`` on the prefetch thread."""
-        if adapter_id == BASE_ADAPTER:
-            return
-        with self._cache_lock:
-            # Already being fetched, already queued for prefetch, or already parsed: nothing to do. This also
-            # keeps the prefetch queue no longer than the number of distinct adapters waiting.
-            if adapter_id in self._inflight or adapter_id in self._prefetch_pending:
-                return
-            self._prefetch_pending.add(adapter_id)
-        known = self.fetcher.known_key(adapter_id)
-        with self._cache_lock:
-            if known is not None and known in self._ram:
-                self._prefetch_pending.discard(adapter_id)
-                return
-
-        def run():
-            try:
-                self._ensure_in_ram(adapter_id)
-                self.metrics.prefetches.labels("ok").inc()
-            except EngineError:
-                # The request itself will meet the same error and report it; nothing to do here.
-                self.metrics.prefetches.labels("refused").inc()
-            except Exception:  # never let a prefetch bug kill the prefetch thread; the request retries
-                logger.exception("prefetch of %s failed", adapter_id)
-                self.metrics.prefetches.labels("error").inc()
-            finally:
-                with self._cache_lock:
-                    self._prefetch_pending.discard(adapter_id)
-
-        try:
-            self._prefetcher.submit(run)
-        except RuntimeError:
-            pass  # shut down

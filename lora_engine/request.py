@@ -20,10 +20,13 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidAdapterId, InvalidRequest
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
 
 __all__ = [
     "BASE_ADAPTER",
@@ -70,7 +73,11 @@ def check_adapter_id(adapter_id: str) -> str:
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """The limits and defaults :func:`validate_request` applies; built from ``EngineConfig``.
+    """The limits and defaults :func:`validate_request` applies: their one definition.
+
+    ``EngineConfig`` has a field of the same name and default for each (None there: what fits the model), and
+    :meth:`for_model` builds the limits from it by name; so a new limit is a field here, the same field in
+    ``EngineConfig``, and its use in :func:`validate_request`. The defaults here fit SDXL.
 
     Args:
         min_side (`int`), max_side (`int`): image side bounds, both multiples of 8.
@@ -86,6 +93,29 @@ class RequestLimits:
     default_steps: int = 25
     default_side: int = 1024
     default_guidance: float = 5.0
+
+    @classmethod
+    def for_model(cls, config: EngineConfig, *, is_demo: bool) -> RequestLimits:
+        """The limits ``config`` sets, with what fits the model where it leaves a field None.
+
+        Args:
+            config (`EngineConfig`): has every field of this class, by name.
+            is_demo (`bool`): the built-in demo model (12 steps at 64 px fit it), else SDXL (25 at 1024 px).
+
+        Example:
+            >>> RequestLimits.for_model(EngineConfig(max_steps=50), is_demo=True).default_side
+            64
+        """
+        fitting = replace(cls(), **_DEMO_DEFAULTS) if is_demo else cls()
+        values = {}
+        for f in fields(cls):
+            value = getattr(config, f.name)
+            values[f.name] = getattr(fitting, f.name) if value is None else value
+        return cls(**values)
+
+
+#: What the built-in demo model draws well (trained on 64 px scenes; 12 steps suffice); SDXL's are the defaults.
+_DEMO_DEFAULTS = {"default_steps": 12, "default_side": 64}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Train the built-in demo model and its four LoRAs on the synthetic scenes, on a CPU, in well under an hour.
 
-What it is for: reproducing ``lora_engine/demo/weights/`` (issue #8). It starts from the tiny SDXL
+What it is for: reproducing the shipped weights in ``lora_engine/demo/weights/``. It starts from the tiny SDXL
 architecture of :func:`lora_engine.demo.model.build_demo_pipeline` and trains, in three stages,
 
 1. ``vae``: the AutoencoderKL, to reconstruct scenes (plain and with every effect); then sets its

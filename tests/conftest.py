@@ -33,18 +33,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "gpu: needs CUDA (opt-in; never runs in CI)")
+    config.addinivalue_line(
+        "markers",
+        "pure: needs no torch, diffusers, transformers or peft; set per module (`pytestmark = pytest.mark.pure`), "
+        "and tests/test_pure_tests_run_without_torch.py runs every such module with those blocked",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    # GPU tests are opt-in, and say so in the report rather than vanish.
+    # GPU tests are opt-in, and say so in the report rather than vanish. torch is imported only when there is a
+    # GPU test to decide about, so that collecting the pure tests needs no torch.
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
     import torch
 
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (opt-in marker `gpu`)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

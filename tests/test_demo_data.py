@@ -1,4 +1,4 @@
-"""The synthetic dataset for the demo model (issue #8), and the judge calibrated on it."""
+"""The synthetic dataset for the demo model, and the judge calibrated on it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest
 
 from lora_engine.demo.data import SHAPES, Scene, draw, prompt_grid, sample_scenes
 from lora_engine.demo.judge import judge
+
+pytestmark = pytest.mark.pure
 
 
 def test_captions_have_the_promised_form():

@@ -1,4 +1,4 @@
-"""The demo model draws what it is asked, and each demo LoRA shows its effect (issue #8), by the pixel judge.
+"""The demo model draws what it is asked, and each demo LoRA shows its effect, by the pixel judge.
 
 The prompt grid is every colour x shape, 2 seeds each (one on a white, one on a black background): 24
 pictures per check.

@@ -28,6 +28,8 @@ from huggingface_hub.errors import (  # noqa: E402
 from lora_engine.testing.loopback_hub import FakeHub, write_repo  # noqa: E402
 from tests.support.facts import catalogue_facts_path  # noqa: E402
 
+pytestmark = pytest.mark.pure
+
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SD15 = "runwayml/stable-diffusion-v1-5"
 ADAPTER_SDXL = f"base_model:adapter:{SDXL}"
@@ -457,3 +459,20 @@ def test_range_requests_and_headers(world):
         assert gated.status_code == 401 and gated.headers["x-error-code"] == "GatedRepo"
         tree = c.get(f"{world.url}/api/models/tester/mutable/tree/main", params={"recursive": "true"}).json()
         assert {e["path"] for e in tree} >= {"unet", "unet/config.json", "README.md"}
+
+
+def test_held_requests_wait_unanswered_until_released(world):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hub = world.hub
+    hub.hold(r"^/api/models/nerijs/pixel-art-xl$")
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(httpx.get, f"{world.url}/api/models/nerijs/pixel-art-xl", timeout=60) for _ in range(2)]
+        assert hub.wait_held(2, timeout=60)
+        # Other paths are answered meanwhile; the held ones are not.
+        assert pool.submit(httpx.get, f"{world.url}/api/models/multi/dual-base-lora", timeout=60).result().is_success
+        assert hub.held() == 2 and not any(f.done() for f in held)
+        hub.release()
+        assert [f.result(60).json()["id"] for f in held] == ["nerijs/pixel-art-xl"] * 2
+    assert hub.held() == 0 and hub.hold_paths is None
+    assert httpx.get(f"{world.url}/api/models/nerijs/pixel-art-xl", timeout=60).is_success  # no longer held

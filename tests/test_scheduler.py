@@ -18,6 +18,8 @@ import pytest
 from lora_engine.errors import ConfigError, QueueFull
 from lora_engine.scheduler import Dispatch, SchedulerState, SchedulerStats, Ticket
 
+pytestmark = pytest.mark.pure
+
 EPS = 1e-9
 
 

@@ -1,18 +1,25 @@
 """Find an adapter's weight file: on the Hub (huggingface_hub) or in a local folder, after checking its card.
 
 What this is for: turning an adapter id (``owner/name``) into a :class:`AdapterSource`, a local
-``.safetensors`` path pinned to a commit, or a typed refusal. On the Hub: ``model_info`` (with a timeout)
-tells the commit sha, tags, card and files; the card must say LoRA and name an accepted ``base_model``
-(string or list); one ``.safetensors`` file is chosen; its size is checked against the cap *before*
-download; ``hf_hub_download`` fetches it into huggingface_hub's cache pinned to that sha, so a second
-request is a disk-cache hit with no GET, and a moved revision gets a new cache entry. Resolutions are
-remembered for ``resolve_ttl_s`` so a busy adapter does not cost a Hub round trip per request.
+``.safetensors`` path pinned to a commit, or a typed refusal. On the Hub: the model's API answer (with a
+timeout) tells the commit sha, tags, card, widget data and files; ``adapters.repo_rules.assess_repo``
+decides whether it is a LoRA for an accepted base model and which file to load (the same verdict the
+catalogue lists); the file's size is checked against the cap *before* download; ``hf_hub_download``
+fetches it into huggingface_hub's cache pinned to that sha, so a second request is a disk-cache hit with
+no GET, and a moved revision gets a new cache entry. Resolutions are remembered for ``resolve_ttl_s`` so a
+busy adapter does not cost a Hub round trip per request.
 
-This is the only module of the engine that imports huggingface_hub. It is not for parsing the file
-(``adapters.parse``) or caching parsed tensors (``adapter_cache``); it never opens a weight file.
+This is the only module of the engine that imports huggingface_hub. It is not for the rules of a LoRA repo
+(``adapters.repo_rules``), parsing the file (``adapters.parse``) or caching parsed tensors
+(``adapter_cache``); it never opens a weight file.
+
+The model's API answer is read as JSON rather than through ``HfApi.model_info``: huggingface_hub's
+``ModelInfo`` parses the card itself and raises ``TypeError`` on some cards (``tags: 5``), which would turn a
+hostile card into a server error; the rules read every card value by type instead.
 
 Local folders are laid out like Hub repos (``<root>/<owner>/<name>/README.md`` + weights) and are
-searched before the Hub; the built-in demo LoRAs live in one.
+searched before the Hub; the built-in demo LoRAs live in one. Their README's bytes and file list go to the
+same rules, with ``source="local"`` (a card without ``base_model`` or ``lora`` tag is accepted there).
 """
 
 from __future__ import annotations
@@ -24,8 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from ..adapter_cache import AdapterKey
 from ..errors import (
@@ -34,18 +40,18 @@ from ..errors import (
     AdapterNotFound,
     IncompatibleAdapter,
     UnsafeAdapterFile,
+    UnsupportedAdapterFormat,
 )
+from .repo_rules import CARD_FILE, RepoVerdict, assess_repo, card_from_hub, read_card
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdapterFetcher", "AdapterSource", "card_bases", "choose_weight_file", "read_card"]
+__all__ = ["AdapterFetcher", "AdapterSource"]
 
 # Downloads run here so that a caller can stop waiting while huggingface_hub retries; shared by all fetchers.
 _background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hub-download")
 # Bytes per second below which a download is not worth waiting for (used for the deadline above).
 _SLOWEST_USEFUL_RATE = 1_000_000
-_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-_DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -61,98 +67,6 @@ class AdapterSource:
     key: AdapterKey
     path: Path
     origin: str
-
-
-def read_card(text: str) -> dict:
-    """The YAML front matter of a model card (README.md), or ``{}`` when it has none or it is malformed."""
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def choose_weight_file(adapter_id: str, files: list[str], card: dict) -> str:
-    """Pick the LoRA weight file among a repo's files.
-
-    Order: the card's explicit choice (``weight_name``), then the only top-level ``.safetensors`` file, then
-    diffusers' default name ``pytorch_lora_weights.safetensors``.
-
-    Raises:
-        UnsafeAdapterFile: only pickle weights (``.bin``, ``.ckpt``, ...) are there.
-        AdapterNotFound: no weight file at all, or several with nothing to choose between them.
-    """
-    chosen = card.get("weight_name")
-    if isinstance(chosen, str) and chosen in files:
-        if not chosen.endswith(".safetensors"):
-            raise UnsafeAdapterFile(adapter_id, f"the card names {chosen!r}; only .safetensors files are loaded")
-        return chosen
-    # Top level only: diffusers pipelines in the same repo keep their safetensors in sub-folders.
-    safetensors = sorted(f for f in files if f.endswith(".safetensors") and "/" not in f)
-    if len(safetensors) == 1:
-        return safetensors[0]
-    if _DIFFUSERS_LORA_NAME in safetensors:
-        return _DIFFUSERS_LORA_NAME
-    if safetensors:
-        raise AdapterNotFound(
-            adapter_id,
-            f"has {len(safetensors)} .safetensors files ({', '.join(safetensors[:4])}) and its card "
-            "names none of them as `weight_name`",
-        )
-    pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
-    if pickles:
-        raise UnsafeAdapterFile(
-            adapter_id,
-            f"has only pickle weights ({', '.join(pickles[:3])}); pickles are never loaded, only .safetensors",
-        )
-    raise AdapterNotFound(adapter_id, "has no .safetensors weight file")
-
-
-def _base_models(card: dict, tags: list[str]) -> list[str]:
-    base = card.get("base_model")
-    if isinstance(base, str):
-        found = [base]
-    elif isinstance(base, list):
-        found = [b for b in base if isinstance(b, str)]
-    else:
-        found = []
-    for tag in tags:
-        if tag.startswith("base_model:"):
-            found.append(tag.rsplit(":", 1)[-1] if tag.count(":") >= 2 else tag.split(":", 1)[1])
-    return list(dict.fromkeys(found))
-
-
-def card_bases(adapter_id: str, card: dict, tags: list[str]) -> list[str]:
-    """The base models a LoRA's card and tags name (``base_model``, ``base_model:`` tags), in order.
-
-    Raises:
-        IncompatibleAdapter: the card and tags do not say LoRA, or name no base model.
-    """
-    card_tags = card.get("tags") or []
-    all_tags = set(tags) | {t for t in card_tags if isinstance(t, str)}
-    is_lora = "lora" in all_tags or any(t.startswith("base_model:adapter:") for t in all_tags)
-    if not is_lora:
-        raise IncompatibleAdapter(adapter_id, "its card and tags do not say it is a LoRA (no 'lora' tag)")
-    bases = _base_models(card, tags)
-    if not bases:
-        raise IncompatibleAdapter(adapter_id, "its card names no base_model, so it cannot be matched to ours")
-    return bases
-
-
-def check_card(adapter_id: str, card: dict, tags: list[str], accepted: tuple[str, ...]) -> None:
-    """The card/tags must say LoRA and name an accepted base model.
-
-    Raises:
-        IncompatibleAdapter: naming what was found.
-    """
-    bases = card_bases(adapter_id, card, tags)
-    if not set(bases) & set(accepted):
-        raise IncompatibleAdapter(adapter_id, f"it is a LoRA for {', '.join(bases)}, not for {' or '.join(accepted)}")
 
 
 @dataclass(frozen=True)
@@ -248,10 +162,11 @@ class AdapterFetcher:
         """The base models the adapter's card names, whether or not we accept them; nothing is downloaded.
 
         For routing a request to whichever process serves that base (``serving.cluster``). Read from the local
-        folder's card, else from the Hub's ``model_info``; remembered for ``resolve_ttl_s``.
+        folder's card, else from the Hub's model answer, by ``repo_rules``; remembered for ``resolve_ttl_s``.
 
         Raises:
-            IncompatibleAdapter: the card does not say LoRA, or names no base model.
+            IncompatibleAdapter: the card does not say LoRA (Hub repos), or names no base model.
+            CorruptAdapter: a local folder's README is not text.
             AdapterNotFound, AdapterGated, AdapterFetchError: the Hub's answer, as for ``fetch``.
         """
         with self._lock:
@@ -260,20 +175,17 @@ class AdapterFetcher:
             return hit[1]
         local = self.local_dir(adapter_id)
         if local is not None:
-            readme = local / "README.md"
-            card = read_card(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
-            bases = card_bases(adapter_id, card, [])
+            verdict = _local_verdict(adapter_id, local, accepted=None)
         else:
-            from huggingface_hub import HfApi
-
-            api = HfApi(endpoint=self.endpoint, token=self.token)
-            with _hub_errors(adapter_id):
-                info = api.model_info(adapter_id, timeout=self.timeout_s)
-            card = info.card_data.to_dict() if info.card_data is not None else {}
-            bases = card_bases(adapter_id, card, list(info.tags or []))
+            verdict, _ = _hub_verdict(adapter_id, self._model_json(adapter_id, files_metadata=False), accepted=None)
+        if verdict.refusal is not None and verdict.refusal.about_card:
+            raise verdict.refusal.to_error(adapter_id)
+        if not verdict.base_models:
+            # A local card may leave base_model out (the folder is meant for this server), but routing needs one.
+            raise IncompatibleAdapter(adapter_id, "its card names no base_model, so it cannot be matched to ours")
         with self._lock:
-            self._bases[adapter_id] = (time.monotonic(), tuple(bases))
-        return tuple(bases)
+            self._bases[adapter_id] = (time.monotonic(), verdict.base_models)
+        return verdict.base_models
 
     def _check_size(self, adapter_id: str, key: AdapterKey, size: int | None) -> None:
         if size is not None and size > self.max_bytes:
@@ -298,17 +210,14 @@ class AdapterFetcher:
     def _fetch_local(self, adapter_id: str, folder: Path) -> AdapterSource:
         # Called on every request for a local adapter: a few stats decide whether the card must be read and
         # the folder walked again (adding/removing files, editing the card or rewriting the weights shows).
-        readme = folder / "README.md"
+        readme = folder / CARD_FILE
         stamp = (folder.stat().st_mtime_ns, readme.stat().st_mtime_ns if readme.is_file() else 0)
         with self._lock:
             hit = self._local.get(adapter_id)
         if hit is not None and hit[0] == stamp and hit[1].path.is_file():
             if hit[1].key.revision == f"local-{hit[1].path.stat().st_mtime_ns}":
                 return hit[1]
-        card = read_card(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
-        check_card(adapter_id, card, [], self.accepted)
-        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        weight = choose_weight_file(adapter_id, files, card)
+        weight = _local_verdict(adapter_id, folder, accepted=self.accepted).raise_if_refused()
         # The weight file's mtime stands in for a commit sha, so a rewritten file is a new cache key.
         revision = f"local-{(folder / weight).stat().st_mtime_ns}"
         source = AdapterSource(AdapterKey(adapter_id, weight, revision), folder / weight, "local")
@@ -326,7 +235,7 @@ class AdapterFetcher:
             return hit.key, hit.size
         try:
             key, size = self._resolve_on_hub(adapter_id)
-        except (IncompatibleAdapter, UnsafeAdapterFile, AdapterNotFound) as e:
+        except (IncompatibleAdapter, UnsafeAdapterFile, AdapterNotFound, UnsupportedAdapterFormat) as e:
             # A verdict about this repo as it is now: remember it briefly so a client retrying in a loop
             # does not cost a Hub round trip each time. Fetch errors are not remembered: they may pass.
             with self._lock:
@@ -337,17 +246,34 @@ class AdapterFetcher:
         return key, size
 
     def _resolve_on_hub(self, adapter_id: str) -> tuple[AdapterKey, int | None]:
-        from huggingface_hub import HfApi
+        data = self._model_json(adapter_id, files_metadata=True)
+        verdict, sizes = _hub_verdict(adapter_id, data, accepted=self.accepted)
+        weight = verdict.raise_if_refused()
+        sha = data.get("sha")
+        return AdapterKey(adapter_id, weight, sha if isinstance(sha, str) and sha else "main"), sizes.get(weight)
 
-        api = HfApi(endpoint=self.endpoint, token=self.token)
+    def _model_json(self, adapter_id: str, *, files_metadata: bool) -> dict[str, Any]:
+        """The Hub's ``/api/models/<id>`` answer as JSON: the request ``HfApi.model_info`` makes, with its errors
+        (see the module docstring for why it is not called)."""
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        endpoint = (self.endpoint or constants.ENDPOINT).rstrip("/")
         with _hub_errors(adapter_id):
-            info = api.model_info(adapter_id, files_metadata=True, timeout=self.timeout_s)
-        card = info.card_data.to_dict() if info.card_data is not None else {}
-        check_card(adapter_id, card, list(info.tags or []), self.accepted)
-        siblings = {s.rfilename: s for s in (info.siblings or [])}
-        weight = choose_weight_file(adapter_id, list(siblings), card)
-        size = getattr(siblings[weight], "size", None)
-        return AdapterKey(adapter_id, weight, info.sha or "main"), size
+            response = get_session().get(
+                f"{endpoint}/api/models/{adapter_id}",
+                headers=build_hf_headers(token=self.token),
+                params={"blobs": True} if files_metadata else {},
+                timeout=self.timeout_s,
+            )
+            hf_raise_for_status(response)
+        try:
+            data = response.json()
+        except ValueError:  # json.JSONDecodeError: not JSON at all
+            data = None
+        if not isinstance(data, dict):
+            raise AdapterFetchError(adapter_id, "the Hub's answer about the repo is not a JSON object")
+        return data
 
     def _download(self, adapter_id: str, key: AdapterKey, size: int | None) -> AdapterSource:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -389,6 +315,41 @@ class AdapterFetcher:
         """Drop a remembered resolution (after a failure that a newer revision may fix)."""
         with self._lock:
             self._resolved.pop(adapter_id, None)
+
+
+def _local_verdict(adapter_id: str, folder: Path, *, accepted: tuple[str, ...] | None) -> RepoVerdict:
+    """The rules' verdict on a local folder: its README's bytes and its files, as the catalogue reads them."""
+    readme = folder / CARD_FILE
+    card = read_card(readme.read_bytes()) if readme.is_file() else None
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return assess_repo(adapter_id, card=card, files=files, accepted_base_models=accepted, source="local")
+
+
+def _hub_verdict(
+    adapter_id: str, data: dict[str, Any], *, accepted: tuple[str, ...] | None
+) -> tuple[RepoVerdict, dict[str, int]]:
+    """The rules' verdict on the Hub's answer about a repo, and the sizes of its files (when it gave them)."""
+    siblings = data.get("siblings")
+    files: list[str] = []
+    sizes: dict[str, int] = {}
+    for sibling in siblings if isinstance(siblings, list) else ():
+        name = sibling.get("rfilename") if isinstance(sibling, dict) else None
+        if not isinstance(name, str):
+            continue
+        files.append(name)
+        size = sibling.get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            sizes[name] = size
+    verdict = assess_repo(
+        adapter_id,
+        card=card_from_hub(data.get("cardData")),
+        files=files,
+        tags=data.get("tags"),
+        widget_data=data.get("widgetData"),
+        accepted_base_models=accepted,
+        source="hub",
+    )
+    return verdict, sizes
 
 
 class _hub_errors:

@@ -219,7 +219,7 @@ def load_adapter_file(adapter_id: str, path: Path, *, max_bytes: int) -> tuple[d
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":  # any case, as repo_rules chooses it ("lora.SAFETENSORS")
         raise UnsafeAdapterFile(
             adapter_id, f"only .safetensors weight files are loaded, not {path.name!r} (pickles are never opened)"
         )

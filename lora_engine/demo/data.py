@@ -1,6 +1,6 @@
 """The synthetic scenes the demo model is to be trained on: simple shapes, drawn deterministically.
 
-What this is for: issue #8's dataset, "a {colour} {shape} on a {background} background" at 64 px, with
+What this is for: the demo model's training set, "a {colour} {shape} on a {background} background" at 64 px, with
 varied sizes and positions, reproducible from a seed, so a training script can make it and tests can judge
 the trained model against the same vocabulary. Pure Pillow + stdlib: no torch.
 

@@ -1,8 +1,8 @@
 """A judge of simple pictures by pixel statistics: background, dominant colour, shape, edge density.
 
-For issue #8's tests: it tells whether an image shows "a {colour} {shape} on a {background} background",
-using only numpy. It is calibrated on the training scenes themselves (``lora_engine.demo.data``), where it
-must be right every time, before it is trusted to judge a model's outputs.
+For the demo model's tests (``tests/test_demo_judge.py``): it tells whether an image shows "a {colour} {shape} on a
+{background} background", using only numpy. It is calibrated on the training scenes themselves
+(``lora_engine.demo.data``), where it must be right every time, before it is trusted to judge a model's outputs.
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@ What this is for: everything that touches torch/diffusers objects of the live pi
 :class:`DiffusersBackend` that the engine's single worker thread calls. It resolves ``device``/``dtype``
 ("auto"), loads ``MODEL_ID`` (or builds the offline demo model), touches memory-mapped weights once so the
 first swap pays no copy-on-write, keeps originals, and runs the pipeline with a per-request CPU generator
-(so the same seed gives the same pixels on any device and whatever ran before).
+(so the same seed gives the same pixels on any device and whatever ran before). The engine uses it through its
+methods only (``prepare``, ``swap``, ``active``, ``originals_bytes``, ``verify_base``, ``digest``, ``generate``);
+the :class:`~lora_engine.pipeline.swap.Swapper` inside is this module's business.
 
-What it is not for: queueing, caching decisions or threads (``engine``), fetching (``adapters.fetch``), parsing
-(``adapters.parse``). Nothing here is safe to call from two threads at once; the engine guarantees one.
+What it is not for: queueing or threads (``engine``), caching decisions (``adapters.store``), fetching
+(``adapters.fetch``), parsing (``adapters.parse``). Nothing here is safe to call from two threads at once; the
+engine guarantees one.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from ..adapters.parse import LayerIndex, ParsedAdapter
 from ..backend_info import BackendInfo
 from ..config import SDXL_BASE_MODEL_ID, EngineConfig
 from .cpu_kernel import kernel_for
-from .swap import Swapper, SwapStats, weights_digest
+from .swap import ActiveAdapter, Swapper, SwapStats, weights_digest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendInfo", "DiffusersBackend", "resolve_device", "resolve_dtype"]
+__all__ = ["ActiveAdapter", "BackendInfo", "DiffusersBackend", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -140,13 +143,34 @@ class DiffusersBackend:
         return adapter.to(self.device, self.dtype)
 
     def swap(self, adapter: ParsedAdapter | None, scale: float) -> SwapStats:
+        """Make the weights ``base + scale * adapter`` (the base for None or ``scale == 0``).
+
+        ``adapter`` comes from ``prepare``. On any exception the weights are back at the exact base before it
+        propagates (``Swapper.apply``).
+        """
         stats = self.swapper.apply(adapter, scale)
         if self.device.type == "cuda":
             # The swap is asynchronous on CUDA; count its time as swap time, not inference time.
             torch.cuda.synchronize(self.device)
         return stats
 
+    def active(self) -> ActiveAdapter | None:
+        """The adapter written into the weights and its scale; None when they are the base."""
+        return self.swapper.active
+
+    def originals_bytes(self) -> int:
+        """Bytes held by the kept copies of original weights (what exact restores cost in memory)."""
+        return self.swapper.originals_bytes
+
+    def verify_base(self) -> bool:
+        """Whether every layer a swap ever touched equals its kept original (call when ``active()`` is None).
+
+        The cheap per-return check (one read of the touched layers); ``digest`` covers every weight.
+        """
+        return self.swapper.verify_base()
+
     def digest(self) -> str:
+        """The digest of every weight of the adaptable components (``swap.weights_digest``)."""
         return weights_digest(self.pipeline)
 
     def generate(self, request, on_step: Callable[[int, int], None] | None = None):

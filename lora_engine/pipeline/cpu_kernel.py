@@ -4,7 +4,8 @@ What this is for: building (once, with the system C compiler) and calling ``csrc
 writes each touched weight in a single pass. torch has no CPU op for ``out = C + alpha * A @ B`` with
 ``out`` different from ``C`` that does not first copy ``C`` into ``out``; that second pass is why the swap
 measured 2.2-2.5x the copy floor on full-size SDXL shapes in bf16 on a 2-core Sapphire Rapids, against the
-issue's target of 2x. With this kernel: 1.33x at rank 8, 1.49x at rank 32 (``bench/swap.py``, full run).
+target of 2x (``bench/swap.py``'s ``TARGETS``). With this kernel: 1.33x at rank 8, 1.49x at rank 32
+(``bench/swap.py``, full run).
 
 What it is not for: float32/float16 weights, accelerators, ranks above 128, or CPUs without AMX-BF16: for
 those :meth:`AmxAddmm.addmm_` returns ``False`` and the swapper uses ``torch.addmm`` as before. Nothing is

@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import ray
@@ -67,6 +67,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
+from ..adapter_cache import AdapterKey
 from ..backend_info import BackendInfo
 from ..config import EngineConfig
 from ..errors import BaseModelNotDeployed, EngineError, QueueFull, ReplicaUnavailable
@@ -78,6 +79,7 @@ from ..request import (
     check_adapter_id,
     validate_request,
 )
+from ..service import ProgressCallback
 from .config import ClusterConfig, DeploymentSpec
 
 logger = logging.getLogger(__name__)
@@ -121,13 +123,11 @@ class DeploymentInfo(BackendInfo):
 
     Args:
         deployment (`str`): the Serve deployment's name.
-        limits (`RequestLimits`): what requests to it must satisfy.
         config (`EngineConfig`): its replicas' engine configuration.
-        (the other fields): as ``BackendInfo``.
+        (the other fields): as ``BackendInfo`` (``limits``: what requests to it must satisfy).
     """
 
     deployment: str
-    limits: RequestLimits
     config: EngineConfig
 
 
@@ -212,9 +212,9 @@ class LoraEngineDeployment:
         return replace(result, details={**result.details, **where})
 
     def describe(self) -> DeploymentInfo:
-        return DeploymentInfo(
-            deployment=self.deployment, **asdict(self.engine.info), limits=self.engine.limits, config=self.engine.config
-        )
+        # Field by field, not asdict(): that would turn the nested RequestLimits into a dict.
+        info = {f.name: getattr(self.engine.info, f.name) for f in fields(BackendInfo)}
+        return DeploymentInfo(deployment=self.deployment, **info, config=self.engine.config)
 
     async def check_adapter(self, adapter_id: str):
         return await asyncio.to_thread(self.engine.check_adapter, adapter_id)
@@ -524,17 +524,23 @@ def _init_ray(cluster: ClusterConfig, attempts: int = 2) -> None:
 
 
 class ClusterClient:
-    """The engine-like object ``app.py`` serves from under ``--ray``: the surface it uses, forwarded to the ingress.
+    """What ``app.py`` serves from under ``--ray``: a :class:`~lora_engine.service.ImageService` forwarding to the
+    ingress.
 
     ``submit`` returns a ``concurrent.futures.Future`` (cancelling it cancels the request); typed refusals come
     through it, ``QueueFull`` included (the app answers 503). There is no queue position or progress across
-    processes: ``position``/``estimate_s`` return None and ``on_progress`` is not called.
+    processes: ``position``/``estimate_s`` return None ("not known") and ``on_progress`` is not called. Nor is there
+    ``generate_inline`` (``service.InlineImageService``): that needs the pipeline in this process.
 
     Args:
         handle (`DeploymentHandle`): the ingress.
         on_close (`Callable`, *optional*): called by ``close()`` (``start`` passes the application's teardown).
         timeout_s (`float`): for the calls that block (``check_adapter``, ``describe``, ``stats``).
     """
+
+    info: DeploymentInfo
+    limits: RequestLimits
+    config: EngineConfig
 
     def __init__(self, handle, *, on_close: Callable[[], None] | None = None, timeout_s: float = 120.0):
         self._handle = handle
@@ -554,44 +560,32 @@ class ClusterClient:
         self.metrics = ClusterMetrics()
         self._closed = False
 
-    # -- what app.py uses -------------------------------------------------------------------------------------
+    # -- what app.py uses (service.ImageService) -------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, *, on_progress=None, multiplexed: bool = True) -> Future:
+    def submit(self, request: GenerationRequest, *, on_progress: ProgressCallback | None = None) -> Future:
         """Send a request to the application; a Future of its ``GenerationResult``.
 
         Args:
             request (`GenerationRequest`): checked in the ingress, against the limits of its deployment.
             on_progress: ignored (steps are not reported across processes).
-            multiplexed (`bool`): False sends it to any replica of its deployment (benchmarks' baseline).
         """
-        if self._closed:
-            from ..errors import EngineClosed
+        return self.submit_routed(request, multiplexed=True)
 
-            raise EngineClosed("the Ray Serve client is closed")
-        future = asyncio.run_coroutine_threadsafe(self._generate(request, multiplexed), self._loop)
-        future.add_done_callback(self._count)
-        return future
-
-    def generate(self, request: GenerationRequest, timeout: float | None = None, **kwargs) -> GenerationResult:
-        return self.submit(request, **kwargs).result(timeout)
-
-    def check_adapter(self, adapter_id: str):
+    def check_adapter(self, adapter_id: str) -> AdapterKey | None:
         return self._blocking(self._call(self._handle.check_adapter, adapter_id))
 
-    def position(self, future) -> None:
+    def position(self, future: Future) -> int | None:
         return None
 
-    def estimate_s(self, future) -> None:
+    def estimate_s(self, future: Future) -> float | None:
         return None
 
-    def generate_inline(self, request, on_progress=None):
-        raise NotImplementedError("ZeroGPU inline calls run in one process; they are not served through Ray")
+    def metrics_text(self) -> bytes:
+        """This client's counters in the Prometheus text format (the replicas' own stay in the replicas)."""
+        return self.metrics.render()
 
-    def stats(self, deployment: str | None = None) -> dict:
-        """One replica's counters (swaps, requests, held adapters) of ``deployment``, the first by default."""
-        return self._blocking(self._call(self._handle.stats, deployment))
-
-    def close(self) -> None:
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Tear the application down (``on_close``) and stop this client's event loop thread."""
         if self._closed:
             return
         self._closed = True
@@ -600,7 +594,30 @@ class ClusterClient:
                 self._on_close()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            self._thread.join(timeout)
+
+    # -- beyond app.py: benchmarks, tests, operators ---------------------------------------------------------
+
+    def submit_routed(self, request: GenerationRequest, *, multiplexed: bool) -> Future:
+        """``submit``, choosing the routing: ``multiplexed=False`` sends the request to any replica of its
+        deployment, whichever adapters it holds (the benchmarks' baseline)."""
+        if self._closed:
+            from ..errors import EngineClosed
+
+            raise EngineClosed("the Ray Serve client is closed")
+        future = asyncio.run_coroutine_threadsafe(self._generate(request, multiplexed), self._loop)
+        future.add_done_callback(self._count)
+        return future
+
+    def generate(
+        self, request: GenerationRequest, timeout: float | None = None, *, multiplexed: bool = True
+    ) -> GenerationResult:
+        """``submit_routed(request, multiplexed=...).result(timeout)``: blocks until the image is ready."""
+        return self.submit_routed(request, multiplexed=multiplexed).result(timeout)
+
+    def stats(self, deployment: str | None = None) -> dict:
+        """One replica's counters (swaps, requests, held adapters) of ``deployment``, the first by default."""
+        return self._blocking(self._call(self._handle.stats, deployment))
 
     # -- plumbing -----------------------------------------------------------------------------------------------
 

@@ -1,15 +1,16 @@
 """How the Ray Serve application is laid out: one deployment per base model, its replicas, devices and adapters.
 
-What this is for: the scale-out knobs of ``python app.py --ray`` (``lora_engine.serving.cluster``), read once from
-flags, ``LORA_RAY_*`` variables or a YAML file, checked, and passed around as frozen dataclasses, like
-:class:`~lora_engine.config.EngineConfig` for one engine. Each deployment carries the ``EngineConfig`` its
-replicas build their engine from.
+What this is for: the scale-out knobs of ``python app.py --ray`` (``lora_engine.serving.cluster``), declared as
+settings (``LORA_RAY_*`` variables and their flags, read by :mod:`lora_engine.settings` like every other) or read
+from a YAML file, checked, and passed around as frozen dataclasses, like :class:`~lora_engine.config.EngineConfig`
+for one engine. Each deployment carries the ``EngineConfig`` its replicas build their engine from.
 
-What it is not for: Ray itself. This module imports no ray (app.py reads these flags whether or not ``--ray``
+What it is not for: Ray itself. This module imports no ray (app.py reads these settings whether or not ``--ray``
 is given, and the single-process app must not need ray); ``serving.cluster`` turns them into Serve options.
 
 A YAML file (``--ray-config``) lists the deployments; each entry takes :class:`DeploymentSpec` fields and any
-``EngineConfig`` field, on top of the flags and environment::
+``EngineConfig`` field, on top of the flags and environment (text values are read as the variables are:
+``ram_cache_bytes: 8GiB``, ``gpus_per_replica: auto``)::
 
     retries: 2
     deployments:
@@ -24,21 +25,25 @@ A YAML file (``--ray-config``) lists the deployments; each entry takes :class:`D
 from __future__ import annotations
 
 import argparse
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ..config import EngineConfig
 from ..errors import ConfigError
+from ..settings import Kind, Settings, setting
 
 __all__ = ["ClusterConfig", "DeploymentSpec"]
 
 
 @dataclass(frozen=True)
-class DeploymentSpec:
+class DeploymentSpec(Settings):
     """One Ray Serve deployment: one base model, served by ``replicas`` replicas that each hold one ``Engine``.
+
+    The settings (``LORA_RAY_REPLICAS`` ...) set the first deployment, and every deployment of a ``--ray-config``
+    file that does not set its own.
 
     Args:
         engine (`EngineConfig`): what each replica's engine loads and how (``model_id``, ``base_model_id``, ...).
@@ -56,23 +61,60 @@ class DeploymentSpec:
         name (`str`, *optional*): the deployment's name; None: from the base model id (or ``engine-<i>``).
     """
 
+    settings_title: ClassVar[str] = "Ray Serve deployment"
+
     engine: EngineConfig = field(default_factory=EngineConfig)
-    replicas: int = 1
-    gpus_per_replica: float | None = None
-    cpus_per_replica: float = 1.0
-    adapters_per_replica: int = 8
-    max_ongoing_requests: int = 8
-    max_queued_requests: int | None = None
+    # One replica is one process with one pipeline; more replicas serve more requests at once.
+    replicas: int = setting(
+        1, env="LORA_RAY_REPLICAS", kind=Kind.INT, at_least=1, help="replicas of the (first) deployment"
+    )
+    # None ("auto") asks Ray whether the cluster has GPUs, so the same command runs on a laptop and a GPU node.
+    gpus_per_replica: float | None = setting(
+        None,
+        env="LORA_RAY_GPUS_PER_REPLICA",
+        kind=Kind.FLOAT,
+        none_word="auto",
+        shown_default="auto",
+        at_least=0,
+        help="Ray num_gpus per replica; 'auto': 1 when the cluster has GPUs, else 0",
+    )
+    # Fractions let several CPU replicas share a laptop's cores.
+    cpus_per_replica: float = setting(
+        1.0,
+        env="LORA_RAY_CPUS_PER_REPLICA",
+        kind=Kind.FLOAT,
+        at_least=0,
+        help="Ray num_cpus per replica (fractions share cores)",
+    )
+    # Serve routes a request to a replica holding its adapter; this is how many each replica holds.
+    adapters_per_replica: int = setting(
+        8,
+        env="LORA_RAY_ADAPTERS_PER_REPLICA",
+        kind=Kind.INT,
+        at_least=1,
+        help="Serve's max_num_models_per_replica: adapters each replica holds",
+    )
+    # Requests handed to a replica go into its engine's queue, where they are grouped by adapter.
+    max_ongoing_requests: int = setting(
+        8,
+        env="LORA_RAY_MAX_ONGOING_REQUESTS",
+        kind=Kind.INT,
+        at_least=1,
+        help="requests a replica takes at once (running + its engine queue)",
+    )
+    # A bounded wait in front of the replicas answers "busy" at once rather than letting waits grow.
+    max_queued_requests: int | None = setting(
+        None,
+        env="LORA_RAY_MAX_QUEUED_REQUESTS",
+        kind=Kind.INT,
+        at_least=0,
+        shown_default="--max-queue",
+        help="requests waiting for a free replica; one more gets HTTP 503",
+    )
     name: str | None = None
 
     def __post_init__(self):
-        for name in ("replicas", "adapters_per_replica", "max_ongoing_requests"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1 but is {getattr(self, name)!r}")
-        for name in ("gpus_per_replica", "cpus_per_replica", "max_queued_requests"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be >= 0 but is {value!r}")
+        super().__post_init__()
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", self.name):
             raise ConfigError(f"a deployment name must be letters, digits, '_', '.', '-' but is {self.name!r}")
 
@@ -95,63 +137,18 @@ class DeploymentSpec:
         return "engine-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-")[:90]
 
 
-#: Flags and the environment variables behind them: (flag, env, type, default, help).
-_FLAGS = (
-    ("--ray", "LORA_RAY", "flag", False, "serve from a Ray Serve application (pip install -r requirements-ray.txt)"),
-    (
-        "--ray-address",
-        "LORA_RAY_ADDRESS",
-        str,
-        None,
-        "the Ray cluster to join (as ray.init reads it, e.g. 'auto' or ray://host:10001); unset: RAY_ADDRESS, or "
-        "start a local Ray",
-    ),
-    ("--ray-config", "LORA_RAY_CONFIG", str, None, "a YAML file listing deployments (one per base model)"),
-    ("--replicas", "LORA_RAY_REPLICAS", int, 1, "replicas of the (first) deployment"),
-    (
-        "--gpus-per-replica",
-        "LORA_RAY_GPUS_PER_REPLICA",
-        "auto-float",
-        None,
-        "Ray num_gpus per replica; 'auto': 1 when the cluster has GPUs, else 0",
-    ),
-    ("--cpus-per-replica", "LORA_RAY_CPUS_PER_REPLICA", float, 1.0, "Ray num_cpus per replica (fractions share)"),
-    (
-        "--adapters-per-replica",
-        "LORA_RAY_ADAPTERS_PER_REPLICA",
-        int,
-        8,
-        "Serve's max_num_models_per_replica: adapters each replica holds",
-    ),
-    (
-        "--max-ongoing-requests",
-        "LORA_RAY_MAX_ONGOING_REQUESTS",
-        int,
-        8,
-        "requests a replica takes at once (running + its engine queue)",
-    ),
-    (
-        "--max-queued-requests",
-        "LORA_RAY_MAX_QUEUED_REQUESTS",
-        int,
-        None,
-        "requests waiting for a free replica; one more gets HTTP 503 (unset: --max-queue)",
-    ),
-    ("--ray-retries", "LORA_RAY_RETRIES", int, 2, "retries on another replica when a request's replica dies"),
-    ("--ray-num-cpus", "LORA_RAY_NUM_CPUS", float, None, "CPUs a local Ray may use (unset: all)"),
-)
-
-
 @dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(Settings):
     """The Ray Serve application: its deployments and how to reach Ray. Build with ``from_args``.
 
     Args:
         deployments (`tuple[DeploymentSpec, ...]`): one per base model; the first also serves requests without
             an adapter and names the base model whose LoRAs the UI's catalogue lists.
+        enabled (`bool`): whether the app serves from this application (``--ray``) rather than in-process.
         address (`str`, *optional*): the Ray cluster to join; None: ``RAY_ADDRESS`` or a new local Ray.
-        num_cpus (`float`, *optional*): CPUs a local Ray may use; None: all.
+        config_file (`str`, *optional*): the YAML file the deployments were read from (``from_args`` reads it).
         retries (`int`): how many times a request whose replica died is sent to another replica.
+        num_cpus (`float`, *optional*): CPUs a local Ray may use; None: all.
         app_name (`str`): the Serve application's name.
         ship_code (`bool`, *optional*): upload ``lora_engine`` with the deployments (Ray ``py_modules``), for
             clusters whose nodes lack this checkout. None: when ``address`` is set.
@@ -159,19 +156,59 @@ class ClusterConfig:
             a laptop; a cluster started with ``ray start`` has its own). None: as Ray decides.
     """
 
+    settings_title: ClassVar[str] = "Ray Serve scale-out"
+
     deployments: tuple[DeploymentSpec, ...] = (DeploymentSpec(),)
-    address: str | None = None
-    num_cpus: float | None = None
-    retries: int = 2
+    # The single-process app is the default; Ray is an optional install.
+    enabled: bool = setting(
+        False,
+        env="LORA_RAY",
+        flag="--ray",
+        kind=Kind.BOOL,
+        help="serve from a Ray Serve application (pip install -r requirements-ray.txt)",
+    )
+    # Joining a running cluster needs its address; none starts a local Ray.
+    address: str | None = setting(
+        None,
+        env="LORA_RAY_ADDRESS",
+        flag="--ray-address",
+        help="the Ray cluster to join (as ray.init reads it, e.g. 'auto' or ray://host:10001); unset: "
+        "RAY_ADDRESS, or start a local Ray",
+    )
+    # Several base models, or per-deployment settings, do not fit in flags.
+    config_file: str | None = setting(
+        None,
+        env="LORA_RAY_CONFIG",
+        flag="--ray-config",
+        help="a YAML file listing deployments (one per base model)",
+    )
+    # A replica may die mid-request; the request is sent again rather than failed.
+    retries: int = setting(
+        2,
+        env="LORA_RAY_RETRIES",
+        flag="--ray-retries",
+        kind=Kind.INT,
+        at_least=0,
+        help="retries on another replica when a request's replica dies",
+    )
+    # A local Ray on a shared machine should not take every core.
+    num_cpus: float | None = setting(
+        None,
+        env="LORA_RAY_NUM_CPUS",
+        flag="--ray-num-cpus",
+        kind=Kind.FLOAT,
+        at_least=0,
+        shown_default="all",
+        help="CPUs a local Ray may use",
+    )
     app_name: str = "lora"
     ship_code: bool | None = None
     dashboard: bool | None = False
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.deployments:
             raise ConfigError("a Ray Serve application needs at least one deployment")
-        if self.retries < 0:
-            raise ConfigError(f"LORA_RAY_RETRIES must be >= 0 but is {self.retries!r}")
         names = self.deployment_names()
         if len(set(names)) != len(names):
             raise ConfigError(f"deployment names must differ, but are {names}; set `name` in --ray-config")
@@ -184,122 +221,82 @@ class ClusterConfig:
         """Requests the whole application accepts at once (every deployment's ``capacity``)."""
         return sum(spec.capacity for spec in self.deployments)
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """Add the ``--ray`` flags, each documented with its environment variable and default."""
-        group = parser.add_argument_group("Ray Serve scale-out (each flag overrides its environment variable)")
-        for flag, env, kind, default, text in _FLAGS:
-            help_text = f"[env: {env}] [default: {'auto' if kind == 'auto-float' else default!r}] {text}"
-            if kind == "flag":
-                group.add_argument(flag, action="store_true", default=None, help=help_text)
-            else:
-                group.add_argument(flag, default=None, type=_converter(flag, kind), help=help_text)
-
-    @staticmethod
-    def wanted(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> bool:
-        """Whether ``--ray`` (or ``LORA_RAY``) asks for the Ray Serve application."""
-        return bool(_values(args, os.environ if environ is None else environ)["ray"])
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the ``--ray`` flags and the deployments' (``DeploymentSpec``), each with its variable and default."""
+        super().add_arguments(parser)
+        DeploymentSpec.add_arguments(parser)
 
     @classmethod
     def from_args(
-        cls, args: argparse.Namespace, engine: EngineConfig, environ: Mapping[str, str] | None = None
+        cls,
+        args: argparse.Namespace | Sequence[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        engine: EngineConfig | None = None,
+        **overrides: Any,
     ) -> ClusterConfig:
         """The environment, then the flags (from ``add_arguments``), then ``--ray-config``'s file on top.
 
         Args:
-            args (`argparse.Namespace`): parsed flags.
-            engine (`EngineConfig`): the engine configuration every deployment starts from.
+            args (`argparse.Namespace` or `list[str]`, *optional*): parsed flags, or flags to parse.
             environ (`Mapping[str, str]`, *optional*): defaults to ``os.environ``.
+            engine (`EngineConfig`, *optional*): the engine configuration every deployment starts from; None:
+                read from the same ``args`` and ``environ``.
+            overrides: ``ClusterConfig`` fields that win over both (``app_name=``, ...).
 
         Raises:
             ConfigError: a value does not parse, a key is unknown, or a rule is broken.
         """
-        v = _values(args, os.environ if environ is None else environ)
-        primary = DeploymentSpec(
-            engine=engine,
-            replicas=v["replicas"],
-            gpus_per_replica=v["gpus_per_replica"],
-            cpus_per_replica=v["cpus_per_replica"],
-            adapters_per_replica=v["adapters_per_replica"],
-            max_ongoing_requests=v["max_ongoing_requests"],
-            max_queued_requests=v["max_queued_requests"],
-        )
-        top = {"address": v["ray_address"], "num_cpus": v["ray_num_cpus"], "retries": v["ray_retries"]}
-        if v["ray_config"] is None:
-            return cls(deployments=(primary,), **top)
-        return cls.from_yaml(Path(v["ray_config"]), primary, **top)
+        namespace = cls.parse_flags(args)
+        if engine is None:
+            engine = EngineConfig.from_args(namespace, environ)
+        primary = DeploymentSpec.from_args(namespace, environ, engine=engine)
+        cluster = super().from_args(namespace, environ, deployments=(primary,), **overrides)
+        return cluster if cluster.config_file is None else cluster.with_file(Path(cluster.config_file))
 
-    @classmethod
-    def from_yaml(cls, path: Path, defaults: DeploymentSpec, **top) -> ClusterConfig:
-        """Read a ``--ray-config`` file (see the module docstring); each deployment starts from ``defaults``."""
+    def with_file(self, path: Path) -> ClusterConfig:
+        """This configuration with a ``--ray-config`` file's keys on top (see the module docstring): its
+        deployments replace this one's, each starting from this configuration's first deployment.
+
+        Raises:
+            ConfigError: the file cannot be read, a key is unknown, or a value breaks a rule (naming where).
+        """
         import yaml
 
+        where = repr(str(path))
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"LORA_RAY_CONFIG {str(path)!r} could not be read: {e}") from None
+            raise ConfigError(f"LORA_RAY_CONFIG {where} could not be read: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"LORA_RAY_CONFIG {str(path)!r} must be a mapping with `deployments`")
-        top_fields = {f.name for f in fields(cls)} - {"deployments"}
+            raise ConfigError(f"LORA_RAY_CONFIG {where} must be a mapping with `deployments`")
+        # Whether to use Ray, and which file to read, are decided before the file is read.
+        top_fields = {f.name for f in fields(self)} - {"deployments", "enabled", "config_file"}
         unknown = sorted(set(data) - top_fields - {"deployments"})
         if unknown:
-            raise ConfigError(f"unknown keys {unknown} in {str(path)!r}; known: {sorted(top_fields | {'deployments'})}")
-        top = {**top, **{k: data[k] for k in top_fields if k in data}}
+            raise ConfigError(f"unknown keys {unknown} in {where}; known: {sorted(top_fields | {'deployments'})}")
         entries = data.get("deployments") or [{}]
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ConfigError(f"`deployments` in {str(path)!r} must be a list of mappings")
+            raise ConfigError(f"`deployments` in {where} must be a list of mappings")
         spec_fields = {f.name for f in fields(DeploymentSpec)} - {"engine"}
         engine_fields = {f.name for f in fields(EngineConfig)}
+        defaults = self.deployments[0]
         specs = []
         for i, entry in enumerate(entries):
             unknown = sorted(set(entry) - spec_fields - engine_fields)
             if unknown:
-                raise ConfigError(f"unknown keys {unknown} in deployment {i} of {str(path)!r}")
-            engine_changes = {k: _engine_value(k, entry[k]) for k in entry if k in engine_fields}
-            spec_changes = {k: entry[k] for k in entry if k in spec_fields}
-            specs.append(replace(defaults, engine=defaults.engine.replace(**engine_changes), **spec_changes))
-        return cls(deployments=tuple(specs), **top)
-
-
-def _engine_value(name: str, value):
-    # YAML gives lists where EngineConfig keeps tuples.
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _converter(flag: str, kind):
-    def convert(raw: str):
-        return _parse(flag, kind, raw)
-
-    return convert
-
-
-def _parse(flag: str, kind, raw):
-    if raw is None or isinstance(raw, (bool, int, float)) and not isinstance(raw, str):
-        return raw
-    env = next(e for f, e, *_ in _FLAGS if f == flag)
-    text = str(raw).strip()
-    try:
-        if kind == "flag":
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("", "0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if kind == "auto-float":
-            return None if text.lower() == "auto" else float(text)
-        return kind(text)
-    except ValueError:
-        name = kind if isinstance(kind, str) else kind.__name__
-        raise ConfigError(f"{env} must be a {name} but is {raw!r}") from None
-
-
-def _values(args: argparse.Namespace, environ: Mapping[str, str]) -> dict:
-    out = {}
-    for flag, env, kind, default, _ in _FLAGS:
-        key = flag.removeprefix("--").replace("-", "_")
-        value = getattr(args, key, None)
-        if value is None and environ.get(env, "") != "":
-            value = _parse(flag, kind, environ[env])
-        out[key] = default if value is None else value
-    return out
+                raise ConfigError(f"unknown keys {unknown} in deployment {i} of {where}")
+            try:
+                engine = defaults.engine.replace(
+                    **{k: EngineConfig.coerce(k, v, f"`{k}`") for k, v in entry.items() if k in engine_fields}
+                )
+                changes = {k: DeploymentSpec.coerce(k, v, f"`{k}`") for k, v in entry.items() if k in spec_fields}
+                specs.append(defaults.replace(engine=engine, **changes))
+            except ConfigError as e:
+                raise ConfigError(f"deployment {i} of {where}: {e}") from None
+        try:
+            top = {k: type(self).coerce(k, v, f"`{k}`") for k, v in data.items() if k in top_fields}
+            return replace(self, deployments=tuple(specs), **top)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None

@@ -29,6 +29,11 @@ Knobs (plain attributes, read at request time, settable any time):
 ``cut_after_bytes``, ``cut_times``, ``page_size``.  Every request is logged
 to ``requests`` as ``(method, path_with_query, headers)`` (header names
 lower-cased).  ``reset()`` clears knobs and log.
+
+A slow Hub without timing: ``hold(paths)`` keeps the matching requests
+unanswered until ``release()``, and ``wait_held(n, timeout)`` waits until
+``n`` of them are being held, so a test can act while the Hub is known not
+to have answered (rather than hope a delay is long enough).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ import yaml
 __all__ = ["FakeHub", "write_repo", "repo_sha", "file_etag", "read_card", "hub_tags"]
 
 META_FILE = ".hub.json"
+#: The longest a held request waits for ``release()`` (seconds): a test that forgets to release cannot wedge the
+#: server for the rest of the session.
+HOLD_LIMIT_S = 300.0
 DEFAULT_PAGE_SIZE = 1000
 # Files the Hub would store with Git LFS: their ETag is the sha256 of the content.
 LFS_SUFFIXES = (
@@ -357,10 +365,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         hub._log(method, self.path, headers)
+        hub._hold_if_asked(self.path)
         try:
             delay = hub.delay_s
             if delay and (hub.delay_paths is None or re.search(hub.delay_paths, self.path)):
-                time.sleep(delay)
+                time.sleep(delay)  # the slow-Hub knob: the delay is what the tests using it are about
             status = hub.fail_status
             if status is not None and (hub.fail_paths is None or re.search(hub.fail_paths, self.path)):
                 raise _HubError(int(status), f"Injected failure {status}")
@@ -635,6 +644,10 @@ class FakeHub:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._gate = threading.Condition()  # guards hold_paths, _holding and _releases
+        self.hold_paths: str | None = None  # regex: matching requests wait, unanswered, until release()
+        self._holding = 0  # requests held now
+        self._releases = 0  # release() calls so far: a held request waits for the next one
         self.reset()
 
     # knobs ------------------------------------------------------------------
@@ -648,8 +661,43 @@ class FakeHub:
         self.cut_after_bytes: int | None = None  # GET resolve: no byte at file offset >= N is sent
         self.cut_times: int | None = None  # how many GETs to cut (None = every one)
         self.page_size: int | None = None  # force /api/models page size
+        self.release()  # hold_paths = None; anything still held goes on
         with self._lock:
             self.requests.clear()
+
+    def hold(self, paths: str) -> None:
+        """Keep requests whose path+query matches the regex ``paths`` unanswered until :meth:`release`."""
+        with self._gate:
+            self.hold_paths = paths
+
+    def release(self) -> None:
+        """Answer every held request, and hold no more (``hold_paths`` back to None)."""
+        with self._gate:
+            self.hold_paths = None
+            self._releases += 1
+            self._gate.notify_all()
+
+    def held(self) -> int:
+        """How many requests are being held now."""
+        with self._gate:
+            return self._holding
+
+    def wait_held(self, count: int, timeout: float) -> bool:
+        """Wait until at least ``count`` requests are being held; False if ``timeout`` seconds pass first."""
+        with self._gate:
+            return self._gate.wait_for(lambda: self._holding >= count, timeout)
+
+    def _hold_if_asked(self, path: str) -> None:
+        with self._gate:
+            if self.hold_paths is None or not re.search(self.hold_paths, path):
+                return
+            releases = self._releases
+            self._holding += 1
+            self._gate.notify_all()
+            try:
+                self._gate.wait_for(lambda: self._releases != releases, HOLD_LIMIT_S)
+            finally:
+                self._holding -= 1
 
     def _log(self, method: str, path: str, headers: dict[str, str]) -> None:
         with self._lock:

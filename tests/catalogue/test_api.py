@@ -33,6 +33,9 @@ def test_public_api_is_pinned():
         "SearchIndex",
         "SearchPage",
         "SnapshotError",
+        "caption",
+        "describe_entry",
+        "with_trigger_words",
     ]
     for name in catalogue.__all__:
         assert getattr(catalogue, name) is not None

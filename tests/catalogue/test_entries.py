@@ -1,27 +1,21 @@
-"""Card parsing and entry rules (catalogue.entries): pure, no Hub."""
+"""The catalogue's own entry rules (catalogue.entries): title, thumbnail, licence, the entry record; pure, no Hub.
+
+Whether a repo is servable, its weight file, base models and trigger words are ``repo_rules``' (tested in
+tests/lora_engine/test_repo_rules.py); here ``build_entry`` only has to copy the verdict faithfully.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
-import yaml
 
-from catalogue.entries import (
-    Card,
-    CatalogueEntry,
-    base_models_of,
-    build_entry,
-    choose_thumbnail,
-    choose_weight,
-    iso_utc,
-    parse_card,
-    serves_base,
-    title_of,
-    trigger_words_of,
-)
+from catalogue.entries import CatalogueEntry, build_entry, choose_thumbnail, iso_utc, title_of
 from catalogue.errors import InvalidEntry
-from tests.catalogue.conftest import SDXL, load_facts
+from lora_engine.adapters.repo_rules import Card, assess_repo, card_from_hub
+from tests.catalogue.conftest import SDXL
+
+pytestmark = pytest.mark.pure
 
 
 def _entry(**kw) -> CatalogueEntry:
@@ -45,22 +39,6 @@ def _entry(**kw) -> CatalogueEntry:
     return CatalogueEntry(**base)
 
 
-def test_parse_card_reads_the_real_examples():
-    for name, front in load_facts()["model_card_examples"].items():
-        card = parse_card(f"---\n{front}---\n\n# Title of {name}\n\ntext\n")
-        assert card.data == yaml.safe_load(front), name
-        assert card.heading == f"Title of {name}"
-        assert "tags" in card.data
-
-
-def test_parse_card_without_front_matter_or_with_broken_yaml():
-    assert parse_card("# Just a heading\nbody") == Card({}, "Just a heading")
-    assert parse_card("---\nkey: [unclosed\n---\n# H\n").data == {}
-    assert parse_card("---\n- a list\n---\n").data == {}
-    fenced = parse_card("---\na: 1\n---\n```\n# not a heading\n```\n## sub\n# Real\n")
-    assert fenced.heading == "Real" and fenced.data == {"a": 1}
-
-
 def test_title_rules():
     assert title_of("o/x", {"title": " T "}) == "T"
     assert title_of("o/x", {"model_name": "M"}, "H") == "M"
@@ -68,45 +46,6 @@ def test_title_rules():
     assert title_of("nerijs/pixel-art-xl", {}) == "Pixel Art XL"
     assert title_of("latent-consistency/lcm-lora-sdxl", {}) == "LCM LoRA SDXL"
     assert title_of("Pclanglais/TintinIA", {}) == "TintinIA"  # mixed case is kept as written
-
-
-def test_trigger_words_rules():
-    assert trigger_words_of({"instance_prompt": "pixel art", "widget": [{"text": "w"}]}) == "pixel art"
-    assert trigger_words_of({"instance_prompt": ["a", "b"]}) == "a, b"
-    assert trigger_words_of({"instance_prompt": None, "widget": [{"text": " first "}, {"text": "2"}]}) == "first"
-    assert trigger_words_of({}, widget_data=[{"text": "from widgetData"}]) == "from widgetData"
-    assert trigger_words_of({"instance_prompt": "", "widget": "not a list"}) is None
-    assert trigger_words_of({}) is None
-
-
-@pytest.mark.parametrize(
-    "files,card,weight,reason",
-    [
-        (["README.md", "a.safetensors"], {}, "a.safetensors", None),
-        (["x-v1.safetensors", "x-v2.safetensors"], {"instance_prompt": "<lora:x-v2:0.8>"}, "x-v2.safetensors", None),
-        (
-            ["Surreal v1.safetensors", "Surreal v2.safetensors"],
-            {"widget": [{"text": "use Surreal v1.safetensors"}]},
-            "Surreal v1.safetensors",
-            None,
-        ),
-        (["a.safetensors", "pytorch_lora_weights.safetensors"], {}, "pytorch_lora_weights.safetensors", None),
-        (["final.safetensors", "checkpoint-1/final.safetensors"], {}, "final.safetensors", None),
-        (["a.safetensors", "b.safetensors"], {}, None, "2 .safetensors files (a.safetensors, b.safetensors)"),
-        (["ba.safetensors", "a.safetensors"], {"note": "ba.safetensors"}, "ba.safetensors", None),
-        (["pytorch_lora_weights.bin", "README.md"], {}, None, "only pickle weights (pytorch_lora_weights.bin)"),
-        (["lora.safetensors", "embeddings.pti"], {}, None, "pivotal-tuning LoRA"),
-        (["unet/diffusion_pytorch_model.safetensors"], {}, None, "only full-model components"),
-        (["README.md", "image.png"], {}, None, "no .safetensors weight file"),
-    ],
-)
-def test_choose_weight(files, card, weight, reason):
-    choice = choose_weight(files, card)
-    assert choice.weight_name == weight
-    if reason is None:
-        assert choice.unservable_reason is None
-    else:
-        assert reason in choice.unservable_reason
 
 
 def test_choose_thumbnail():
@@ -119,31 +58,48 @@ def test_choose_thumbnail():
     assert choose_thumbnail(files, {"widget": [{"output": {"url": absolute}}]}) == absolute
     assert choose_thumbnail(files, {}, widget_data=[{"output": {"url": "images/b.jpg"}}]) == "images/b.jpg"
     assert choose_thumbnail(["w.safetensors"], {}) is None
-
-
-def test_base_models_from_card_or_tags():
-    assert base_models_of({"base_model": SDXL}) == (SDXL,)
-    assert base_models_of({"base_model": [SDXL, "other/x"]}) == (SDXL, "other/x")
-    tags = ["lora", f"base_model:{SDXL}", f"base_model:adapter:{SDXL}", "base_model:adapter:b/c"]
-    assert base_models_of({}, tags) == (SDXL, "b/c")
-    assert base_models_of({"base_model": "card/wins"}, tags) == ("card/wins",)
-    assert serves_base(base_models_of({"base_model": ["x/y", SDXL]}), SDXL)
-    assert not serves_base(base_models_of({"base_model": "fluently/Fluently-XL-v2"}), SDXL)
+    # Hostile widget values count as no widget: the first image file is the thumbnail.
+    for widget in (7, "x", [7, "y"], {"output": 3}, [{"output": {"url": 5}}], None):
+        assert choose_thumbnail(files, {"widget": widget}) == "images/a.png", widget
 
 
 def test_build_entry_without_any_card():
-    entry = build_entry(
-        "someone/cool-style-xl",
-        source="hub",
-        card=None,
-        files=["cool.safetensors", "sample.webp"],
-        resolve_thumbnail=lambda p: f"U/{p}",
-        tags=["lora", f"base_model:adapter:{SDXL}", "license:mit"],
-        downloads=5,
+    files = ["cool.safetensors", "sample.webp"]
+    tags = ["lora", f"base_model:adapter:{SDXL}", "license:mit"]
+    verdict = assess_repo(
+        "someone/cool-style-xl", card=None, files=files, tags=tags, accepted_base_models=(SDXL,), source="hub"
     )
+    entry = build_entry(verdict, card=None, files=files, resolve_thumbnail=lambda p: f"U/{p}", downloads=5)
     assert entry.title == "Cool Style XL" and entry.trigger_words is None
     assert entry.weight_name == "cool.safetensors" and entry.servable
     assert entry.thumbnail == "U/sample.webp" and entry.license == "mit" and entry.base_models == (SDXL,)
+    assert entry.tags == tuple(tags) and entry.downloads == 5 and entry.source == "hub"
+
+
+def test_build_entry_copies_the_verdict_and_keeps_its_own_rules():
+    card = card_from_hub(
+        {
+            "title": "Two Styles",
+            "license": ["mit", 5],
+            "tags": ["lora", "extra"],
+            "base_model": SDXL,
+            "instance_prompt": "two",
+            "widget": [{"text": "t", "output": {"url": "p.png"}}],
+        }
+    )
+    files = ["a.safetensors", "b.safetensors", "p.png"]
+    verdict = assess_repo("o/two", card=card, files=files, tags=["lora"], accepted_base_models=(SDXL,))
+    entry = build_entry(verdict, card=card, files=files, resolve_thumbnail=str, likes=True)
+    assert (entry.weight_name, entry.unservable_reason) == (None, verdict.reason)
+    assert "2 .safetensors files" in entry.unservable_reason and not entry.servable
+    assert (entry.title, entry.license, entry.thumbnail, entry.trigger_words) == ("Two Styles", "mit", "p.png", "two")
+    assert entry.tags == ("lora", "extra") and entry.base_models == (SDXL,)
+    assert entry.likes == 0  # a Hub number of the wrong type counts as none
+    # a README that is not text: listed with the reason, title from the repo name
+    unreadable = Card(unreadable="README.md is not UTF-8 text")
+    verdict = assess_repo("o/bad-card", card=unreadable, files=["w.safetensors"], accepted_base_models=(SDXL,))
+    entry = build_entry(verdict, card=unreadable, files=["w.safetensors"], resolve_thumbnail=str)
+    assert entry.title == "Bad Card" and "not UTF-8" in entry.unservable_reason
 
 
 def test_entry_invariants_and_dict_round_trip():

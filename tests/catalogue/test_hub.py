@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 from catalogue import HubSource, HubTimeout, HubUnavailable, InvalidCatalogueConfig
+from lora_engine.testing.loopback_hub import FakeHub, write_repo
 from tests.catalogue.conftest import NOT_LISTED, SDXL, make_source
 
 ADAPTER_FILTER = re.escape(f"filter=base_model%3Aadapter%3A{SDXL.replace('/', '%2F')}")
@@ -79,20 +79,40 @@ def test_card_variants(hub):
     assert (bare.title, bare.trigger_words, bare.license, bare.thumbnail) == ("Minimal Card", None, None, None)
 
 
-def test_card_naming_another_base_is_excluded_even_if_tags_match(hub, monkeypatch):
-    # The Hub's filter already drops other bases; the client-side check covers tags and card disagreeing.
-    source = make_source(hub.url)
-    real = source.api.list_models
+def test_card_naming_another_base_is_excluded_even_if_tags_match(tmp_path):
+    # The Hub's filter goes by tags; the card's own base_model decides (repo_rules): a card whose tags claim
+    # SDXL but whose base_model names another model is left out, and said so.
+    write_repo(
+        tmp_path,
+        "multi/foreign-card",
+        {"w.safetensors": b"W"},
+        card={"tags": ["lora", f"base_model:adapter:{SDXL}"], "base_model": "fluently/Fluently-XL-v2"},
+    )
+    write_repo(tmp_path, "multi/ours", {"w.safetensors": b"W"}, card={"tags": ["lora"], "base_model": SDXL})
+    server = FakeHub(tmp_path)
+    server.start()
+    try:
+        listing = make_source(server.url).fetch(SDXL)
+    finally:
+        server.stop()
+    assert [e.repo_id for e in listing.entries] == ["multi/ours"] and listing.excluded == ("multi/foreign-card",)
 
-    def with_foreign_card(**kw):
-        for info in real(**kw):
-            if info.id == "multi/dual-base-lora" and info.card_data is not None:
-                info.card_data.base_model = "fluently/Fluently-XL-v2"
-            yield info
 
-    monkeypatch.setattr(source.api, "list_models", with_foreign_card)
-    listing = source.fetch(SDXL)
-    assert "multi/dual-base-lora" not in _by_id(listing) and listing.excluded == ("multi/dual-base-lora",)
+def test_a_hostile_card_does_not_fail_the_listing(tmp_path):
+    # huggingface_hub's ModelInfo raises TypeError on `tags: 5`; the listing reads JSON and the rules read by type.
+    hostile = {"tags": 5, "library_name": "lora", "base_model": SDXL, "base_model_relation": "adapter"}
+    write_repo(tmp_path, "evil/tags-five", {"w.safetensors": b"W"}, card=hostile, downloads=9)
+    write_repo(tmp_path, "evil/tags-five-extra", {"w.safetensors": b"W"}, card={**hostile, "base_model_relation": "x"})
+    write_repo(tmp_path, "multi/ours", {"w.safetensors": b"W"}, card={"tags": ["lora"], "base_model": SDXL})
+    server = FakeHub(tmp_path)
+    server.start()
+    try:
+        got = _by_id(make_source(server.url).fetch(SDXL))
+    finally:
+        server.stop()
+    assert set(got) == {"evil/tags-five", "evil/tags-five-extra", "multi/ours"}
+    assert got["evil/tags-five"].weight_name == "w.safetensors" and got["evil/tags-five"].downloads == 9
+    assert got["evil/tags-five-extra"].servable  # the second query's repo, read with /api/models/<id>
 
 
 def test_the_base_model_is_a_parameter(hub):
@@ -104,16 +124,15 @@ def test_the_base_model_is_a_parameter(hub):
 def test_slow_hub_times_out_at_the_deadline(hub):
     source = make_source(hub.url, deadline_s=0.4, max_stuck_listings=1)
     hub.hub.delay_s, hub.hub.delay_paths = 1.0, r"^/api/models\?"
-    t = time.monotonic()
+    # The deadline, not the Hub's answer, ends the wait (the message names it; speed is bench/'s business).
     with pytest.raises(HubTimeout, match="did not finish within 0.4 s") as e:
         source.fetch(SDXL)
-    assert time.monotonic() - t < 0.9
     assert isinstance(e.value, HubUnavailable) and isinstance(e.value, TimeoutError) and e.value.endpoint == hub.url
-    # one abandoned listing is still running: refuse at once rather than pile up threads
-    t = time.monotonic()
+    # one abandoned listing is still running: refuse without asking the Hub rather than pile up threads
+    listings_before = len(hub.hub.requests_matching("GET", r"^/api/models\?"))
     with pytest.raises(HubUnavailable, match="still running"):
         source.fetch(SDXL)
-    assert time.monotonic() - t < 0.2
+    assert len(hub.hub.requests_matching("GET", r"^/api/models\?")) == listings_before
     hub.hub.reset()
     assert source.wait_idle(5)  # the abandoned thread stops at its next result
     assert len(source.fetch(SDXL).entries) == len(hub.expected)
@@ -122,26 +141,25 @@ def test_slow_hub_times_out_at_the_deadline(hub):
 def test_failing_hub_fails_fast(hub):
     source = make_source(hub.url, deadline_s=0.5)
     hub.hub.fail_status, hub.hub.fail_paths = 500, r"^/api/models\?"
-    t = time.monotonic()
-    with pytest.raises(HubUnavailable):  # the client retries 5xx with backoff: the deadline ends it
+    # huggingface_hub retries 5xx with about 23 s of backoff: the 0.5 s deadline ends the wait, not the retries.
+    with pytest.raises(HubTimeout, match="did not finish within 0.5 s"):
         source.fetch(SDXL)
-    assert time.monotonic() - t < 1.0
     hub.hub.reset()
-    assert source.wait_idle(5)
+    assert source.wait_idle(60)
+    hub.hub.reset()  # a clean request log: the abandoned listing's last requests are not this one's
     hub.hub.fail_status, hub.hub.fail_paths = 400, r"^/api/models\?"  # not retried: the error itself
-    t = time.monotonic()
     with pytest.raises(HubUnavailable, match="400") as e:
         source.fetch(SDXL)
-    assert time.monotonic() - t < 0.5 and not isinstance(e.value, HubTimeout)
+    assert not isinstance(e.value, HubTimeout)
+    assert len(hub.hub.requests_matching("GET", r"^/api/models\?")) == 1
 
 
 def test_model_info_has_a_timeout_and_its_5xx_fails_the_listing(hub):
     source = make_source(hub.url, timeout_s=0.3, deadline_s=10)
     hub.hub.delay_s, hub.hub.delay_paths = 1.0, r"^/api/models/merger/"
-    t = time.monotonic()
-    with pytest.raises(HubUnavailable) as e:
+    with pytest.raises(HubUnavailable) as e:  # the 0.3 s call timeout fails it, long before the 10 s deadline
         source.fetch(SDXL)
-    assert time.monotonic() - t < 1.5 and not isinstance(e.value, HubTimeout)
+    assert not isinstance(e.value, HubTimeout)
     hub.hub.reset()
     hub.hub.fail_status, hub.hub.fail_paths = 500, r"^/api/models/merger/"
     with pytest.raises(HubUnavailable, match="500"):

@@ -7,6 +7,8 @@ import pytest
 from catalogue.entries import CatalogueEntry
 from catalogue.presentation import caption, describe_entry, with_trigger_words
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize(
     ("prompt", "trigger", "previous", "expected"),

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from catalogue import InvalidSearch, SearchIndex
 from catalogue.entries import CatalogueEntry
 from catalogue.search import MAX_LIMIT, MAX_QUERY_CHARS
 from tests.catalogue.conftest import SDXL
+
+pytestmark = pytest.mark.pure
 
 
 def _e(repo_id, title=None, trigger=None, tags=(), downloads=0, likes=0, modified=None, servable=True):
@@ -157,7 +157,8 @@ def test_empty_index():
     assert SearchIndex(()).search("x").total == 0 and SearchIndex(()).search().entries == ()
 
 
-def test_ten_thousand_entries_search_fast():
+def test_ten_thousand_entries_are_searched_right():
+    # How fast is bench/search.py's to measure (target: 50 ms a query); a unit test on a loaded machine cannot.
     entries = [
         _e(
             f"owner{i % 700}/style-{i}-{'pixel' if i % 3 else 'anime'}-xl",
@@ -170,10 +171,12 @@ def test_ten_thousand_entries_search_fast():
         for i in range(10_000)
     ]
     index = SearchIndex(entries)
-    for query in ("pixel", "a", "anime xl", "trigger123", ""):
-        index.search(query)
-        t = time.perf_counter()
+    # "pixel": two in three names; "a": every trigger ("art"); "anime xl": one in three, every name ends in "-xl";
+    # "trigger123": 123 and 1230..1239.
+    totals = {"pixel": 6666, "a": 10_000, "anime xl": 3334, "trigger123": 11, "": 10_000}
+    for query, total in totals.items():
         page = index.search(query, sort="likes", limit=50)
-        # the target is 50 ms (bench/search.py); generous here so a loaded CI machine does not flake
-        assert (time.perf_counter() - t) < 0.25, query
-        assert page.total > 0
+        assert (page.total, len(page.entries)) == (total, min(total, 50)), query
+    assert index.search("trigger123", limit=1).entries[0].repo_id == "owner123/style-123-anime-xl"  # a whole token
+    likes = [e.likes for e in index.search("", sort="likes", limit=50).entries]
+    assert likes == sorted(likes, reverse=True) and likes[0] == 12

@@ -13,6 +13,8 @@ from catalogue.entries import CatalogueEntry
 from catalogue.snapshot import FORMAT_VERSION, Snapshot, load_snapshot, read_snapshot, save_snapshot, snapshot_path
 from tests.catalogue.conftest import SDXL
 
+pytestmark = pytest.mark.pure
+
 WHEN = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 

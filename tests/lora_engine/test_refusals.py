@@ -165,6 +165,59 @@ def test_list_valued_base_model_is_accepted(hub_engine, hub_root, kohya_bytes, b
     assert not np.array_equal(pixels(hub_engine.generate(fast(lora="multi/dual-base"))), base_pixels)
 
 
+@pytest.mark.parametrize("weight_name", ["sub/lora.safetensors", "lora.SAFETENSORS"])
+def test_a_lora_in_a_sub_folder_or_with_an_upper_case_suffix_is_served(
+    hub_engine, hub_root, kohya_bytes, base_pixels, weight_name
+):
+    # The catalogue lists these as servable (repo_rules): the engine must download, parse and apply them.
+    repo = "layout/sub-folder" if "/" in weight_name else "layout/upper-case"
+    publish(hub_root, repo, {weight_name: kohya_bytes, "README.txt": "notes"})
+    result = hub_engine.generate(fast(lora=repo))
+    assert not np.array_equal(pixels(result), base_pixels)
+    assert hub_engine.fetcher.resolve(repo).weight_name == weight_name
+
+
+def test_a_pivotal_tuning_lora_is_refused_not_served_without_its_embeddings(
+    hub_engine, hub_root, kohya_bytes, base_pixels, fake_hub
+):
+    publish(hub_root, "pti/with-embeddings", {"lora.safetensors": kohya_bytes, "embeddings.pti": b"EMB"})
+    err = assert_refused_cleanly(
+        hub_engine, "pti/with-embeddings", UnsupportedAdapterFormat, "pivotal-tuning LoRA", base_pixels
+    )
+    assert "embeddings.pti" in str(err) and "does not load yet" in str(err)
+    assert not fake_hub.requests_matching("GET", "with-embeddings/resolve")  # refused before any download
+
+
+@pytest.mark.parametrize(
+    ("repo", "card"),
+    [
+        ("hostile/tags-int", {"tags": 5, "base_model": "stabilityai/stable-diffusion-xl-base-1.0"}),
+        ("hostile/base-model-mapping", {"tags": "lora", "base_model": {"a": 1}}),
+        (
+            "hostile/lists-of-mappings",
+            {"tags": [{"x": 1}], "base_model": [{"y": 2}], "widget": 7, "instance_prompt": [{"x": 1}]},
+        ),
+    ],
+)
+def test_a_hostile_card_is_a_typed_refusal_not_a_crash(hub_engine, hub_root, kohya_bytes, base_pixels, repo, card):
+    # huggingface_hub's own ModelInfo raises TypeError on `tags: 5`; the engine reads the card by type instead.
+    publish(hub_root, repo, {"lora.safetensors": kohya_bytes}, card=card)
+    assert_refused_cleanly(hub_engine, repo, IncompatibleAdapter, "LoRA", base_pixels)
+
+
+def test_a_hostile_card_with_usable_tags_is_served(hub_engine, hub_root, kohya_bytes, base_pixels):
+    card = {
+        "tags": 5,
+        "library_name": "lora",  # the Hub's tags say LoRA, the card's cannot
+        "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+        "base_model_relation": "adapter",
+        "weight_name": None,
+        "widget": 7,
+    }
+    publish(hub_root, "hostile/but-usable", {"lora.safetensors": kohya_bytes}, card=card)
+    assert not np.array_equal(pixels(hub_engine.generate(fast(lora="hostile/but-usable"))), base_pixels)
+
+
 def test_a_repo_that_is_not_a_lora_is_refused(hub_engine, hub_root, kohya_bytes, base_pixels):
     publish(
         hub_root,

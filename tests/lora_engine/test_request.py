@@ -9,6 +9,8 @@ import pytest
 from lora_engine import GenerationRequest, InvalidAdapterId, InvalidRequest
 from lora_engine.request import RequestLimits, check_adapter_id, validate_request
 
+pytestmark = pytest.mark.pure
+
 LIMITS = RequestLimits(default_steps=25, default_side=1024)
 
 

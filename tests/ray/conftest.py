@@ -35,6 +35,7 @@ class RayCluster:
     primary: str
     secondary: str
     replicas: int
+    primary_capacity: int  # requests the primary deployment takes at once (running, in engines, waiting)
 
 
 def publish_loras(hub_root: Path, assets) -> None:
@@ -52,7 +53,7 @@ def publish_loras(hub_root: Path, assets) -> None:
     publish(hub_root, NOT_DEPLOYED_LORA, {"lora.safetensors": data(0)}, card=lora_card(base_model=NOT_DEPLOYED_BASE))
 
 
-def serving.config(demo_root: Path, model_b: Path, cache: Path, **primary):
+def cluster_config(demo_root: Path, model_b: Path, cache: Path, **primary):
     from lora_engine import EngineConfig
     from lora_engine.serving.config import ClusterConfig, DeploymentSpec
 
@@ -99,10 +100,11 @@ def ray_cluster(demo_assets, hub_root, model_b, tmp_path_factory):
     from lora_engine.serving.cluster import start
 
     publish_loras(hub_root, demo_assets)
-    config = serving.config(demo_assets.root, model_b, tmp_path_factory.mktemp("ray-hf-cache"))
+    config = cluster_config(demo_assets.root, model_b, tmp_path_factory.mktemp("ray-hf-cache"))
     client = start(config)
     names = config.deployment_names()
     try:
-        yield RayCluster(client, names[0], names[1], config.deployments[0].replicas)
+        primary = config.deployments[0]
+        yield RayCluster(client, names[0], names[1], primary.replicas, primary.capacity)
     finally:
         client.close()

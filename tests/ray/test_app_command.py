@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from lora_engine.demo.model import DEMO_LORAS
 from tests.support.facts import REPO_ROOT
 from tests.support.serving import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +43,20 @@ def test_python_app_py_ray_serves_and_stops(demo_assets, tmp_path):
     log = open(tmp_path / "app.log", "w+b")  # noqa: SIM115 (read back after the process ends)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert process.poll() is None, _tail(log)  # the app exited: no point waiting
+        try:
+            return httpx.get(url + "/", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 420
-        while True:
-            assert process.poll() is None, _tail(log)
-            assert time.monotonic() < deadline, "the app did not start in time\n" + _tail(log)
-            try:
-                if httpx.get(url + "/", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
+        try:
+            # Ray, two replicas and the UI on two busy cores: minutes, at worst.
+            wait_until(answering, timeout=420, message=f"the app to answer on {url}", interval=0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_tail(log)}") from None
         lora = DEMO_LORAS[2].repo_id
         body = {"inputs": "a red circle", "parameters": {"seed": 3, "num_inference_steps": 1}}
         answer = httpx.post(url + "/", json=body, headers={"lora": lora}, timeout=120)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_engine import EngineConfig
-from lora_engine.errors import ConfigError
-from lora_engine.serving.config import ClusterConfig, DeploymentSpec
+from lora_engine import ConfigError, EngineConfig
+from lora_engine.serving import ClusterConfig, DeploymentSpec
 
 
 def parse(argv, environ=None):
@@ -20,11 +19,11 @@ def parse(argv, environ=None):
     ClusterConfig.add_arguments(parser)
     args = parser.parse_args(argv)
     engine = EngineConfig.from_args(args, environ=environ or {})
-    return args, ClusterConfig.from_args(args, engine, environ=environ or {})
+    return args, ClusterConfig.from_args(args, environ or {}, engine=engine)
 
 
 def test_the_app_and_the_engine_import_no_ray():
-    code = "import sys, app, lora_engine, lora_engine.serving.config; print('ray' in sys.modules)"
+    code = "import sys, app, lora_engine, lora_engine.serving; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     code = "import sys, lora_engine.serving.cluster; print('ray' in sys.modules, 'torch' in sys.modules)"
@@ -34,7 +33,7 @@ def test_the_app_and_the_engine_import_no_ray():
 
 def test_flags_and_their_defaults():
     args, cluster = parse([])
-    assert not ClusterConfig.wanted(args, {})
+    assert not cluster.enabled
     (spec,) = cluster.deployments
     assert (spec.replicas, spec.gpus_per_replica, spec.cpus_per_replica, spec.adapters_per_replica) == (1, None, 1.0, 8)
     assert spec.queue_limit == 64 and cluster.capacity == 8 + 64 and cluster.retries == 2
@@ -54,7 +53,7 @@ def test_flags_and_their_defaults():
             "a/b",
         ]
     )
-    assert ClusterConfig.wanted(args, {})
+    assert cluster.enabled
     (spec,) = cluster.deployments
     assert (spec.replicas, spec.adapters_per_replica, spec.gpus_per_replica, spec.engine.model_id) == (2, 4, 0.0, "a/b")
     assert spec.queue_limit == 10 and cluster.deployment_names() == ["engine-a-b"]
@@ -63,19 +62,23 @@ def test_flags_and_their_defaults():
 def test_the_environment_counts_and_flags_win():
     env = {"LORA_RAY": "1", "LORA_RAY_REPLICAS": "3", "LORA_RAY_GPUS_PER_REPLICA": "0.5", "LORA_RAY_RETRIES": "0"}
     args, cluster = parse(["--replicas", "4"], env)
-    assert ClusterConfig.wanted(args, env)
+    assert cluster.enabled
     assert (cluster.deployments[0].replicas, cluster.deployments[0].gpus_per_replica, cluster.retries) == (4, 0.5, 0)
-    _, cluster = parse([], {"LORA_RAY_GPUS_PER_REPLICA": "auto"})
+    _, cluster = parse(["--gpus-per-replica", "auto"], {"LORA_RAY_GPUS_PER_REPLICA": "1"})
     assert cluster.deployments[0].gpus_per_replica is None
+    # The engine the deployments start from is read from the same flags when not given.
+    cluster = ClusterConfig.from_args(["--ray", "off", "--replicas", "2"], {"LORA_ENGINE_MAX_QUEUE": "5"})
+    assert not cluster.enabled and cluster.deployments[0].queue_limit == 5 and cluster.deployments[0].replicas == 2
 
 
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["--replicas", "0"], {}, "replicas must be at least 1 but is 0"),
-        ([], {"LORA_RAY_REPLICAS": "many"}, "LORA_RAY_REPLICAS must be a int but is 'many'"),
-        ([], {"LORA_RAY": "perhaps"}, "LORA_RAY must be a flag but is 'perhaps'"),
-        (["--gpus-per-replica", "-1"], {}, "gpus_per_replica must be >= 0 but is -1.0"),
+        (["--replicas", "0"], {}, r"`replicas` \(LORA_RAY_REPLICAS, --replicas\) must be at least 1 but is 0"),
+        ([], {"LORA_RAY_REPLICAS": "many"}, "LORA_RAY_REPLICAS must be an integer but is 'many'"),
+        ([], {"LORA_RAY": "perhaps"}, "LORA_RAY must be a boolean .* but is 'perhaps'"),
+        (["--gpus-per-replica", "-1"], {}, r"`gpus_per_replica` \(.*\) must be at least 0 but is -1.0"),
+        ([], {"LORA_RAY_RETRIES": "-1"}, r"`retries` \(LORA_RAY_RETRIES, --ray-retries\) must be at least 0"),
     ],
 )
 def test_bad_values_fail_fast_naming_them(argv, env, message):
@@ -102,10 +105,23 @@ def test_a_yaml_file_lists_one_deployment_per_base_model(tmp_path):
     assert cluster.capacity == (2 * 8 + 64) + (1 * 8 + 5)
 
 
+def test_yaml_text_is_read_as_the_variables_are(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("deployments:\n  - {ram_cache_bytes: 8GiB, gpus_per_replica: auto, hub_timeout_s: 1m}\n")
+    _, cluster = parse(["--ray-config", str(path), "--gpus-per-replica", "1"])
+    (spec,) = cluster.deployments
+    assert (spec.engine.ram_cache_bytes, spec.gpus_per_replica, spec.engine.hub_timeout_s) == (8 << 30, None, 60.0)
+    assert cluster.config_file == str(path)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("deployments:\n  - {replicas: 1, gpu: 1}\n", r"unknown keys \['gpu'\] in deployment 0"),
+        ("deployments:\n  - {}\n  - {replicas: 0}\n", r"^deployment 1 of '.*': `replicas` \(.*\) must be at least 1"),
+        ("deployments:\n  - {ram_cache_bytes: lots}\n", r"^deployment 0 of '.*': `ram_cache_bytes` must be a size"),
+        ("retries: -1\n", r"^'.*cluster.yaml': `retries` \(.*\) must be at least 0 but is -1$"),
+        ("enabled: true\n", r"unknown keys \['enabled'\]"),
         ("replica: 2\n", r"unknown keys \['replica'\]"),
         ("deployments: [{name: x}, {name: x}]\n", "deployment names must differ"),
         ("deployments: 3\n", "must be a list of mappings"),

@@ -68,7 +68,7 @@ def test_sixteen_concurrent_clients(loaded_app):
                 record("gradio", seed, "ok" if details["seed"] == seed else f"wrong seed {details['seed']}")
             except AppError as e:
                 record("gradio", seed, "full" if "queue is full" in str(e) else f"error: {e}")
-                time.sleep(0.05)  # a polite client backs off, as the HTTP ones below do
+                time.sleep(0.05)  # a polite client backs off (as the HTTP ones below): the behaviour under test
 
     def http_worker(i):
         with httpx.Client(timeout=120) as http:
@@ -85,7 +85,7 @@ def test_sixteen_concurrent_clients(loaded_app):
                     record("http", seed, "ok" if r.headers["x-seed"] == str(seed) else "wrong seed")
                 elif r.status_code == 503 and "queue is full" in r.json()["error"]:
                     record("http", seed, "full")
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # a polite client backs off: client behaviour under test, not synchronisation
                 else:
                     record("http", seed, f"error {r.status_code}: {r.text[:200]}")
 

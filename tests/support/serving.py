@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
+
+from tests.support.waiting import wait_until
 
 HUB_LORA = "someone/tiny-hub-lora"
 
@@ -38,9 +39,8 @@ def serve(engine, catalogue, app_factory=None) -> Served:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the app did not start within 60 s")
-        time.sleep(0.05)
+    # uvicorn sets `started` once it listens; a server that fails to start ends its thread instead.
+    wait_until(lambda: server.started or not thread.is_alive(), message="the app to start")
+    if not server.started:
+        raise RuntimeError(f"the app did not start on port {port} (see uvicorn's log above)")
     return Served(f"http://127.0.0.1:{port}", engine, catalogue, server, thread)
