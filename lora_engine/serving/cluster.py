@@ -412,19 +412,48 @@ def _typed(error: RayTaskError) -> BaseException:
     return cause if isinstance(cause, EngineError) else error
 
 
-def runtime_env(cluster: ClusterConfig, environ=None) -> dict:
-    """The runtime_env of every deployment: the forwarded variables, and how replicas import ``lora_engine``."""
+def runtime_env(environ=None) -> dict:
+    """The runtime_env of every deployment: the environment variables its replicas need from the driver's."""
     environ = os.environ if environ is None else environ
-    env_vars = {name: environ[name] for name in FORWARDED_ENV if environ.get(name)}
-    out: dict = {"env_vars": env_vars}
-    ship = cluster.ship_code if cluster.ship_code is not None else cluster.address is not None
-    if ship:
-        out["py_modules"] = [str(_PACKAGE_DIR)]
-    else:
-        # A local Ray: replicas import this checkout (as the driver does), wherever the driver was started from.
-        paths = [str(_PACKAGE_DIR.parent), environ.get("PYTHONPATH", "")]
-        env_vars["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    return out
+    return {"env_vars": {name: environ[name] for name in FORWARDED_ENV if environ.get(name)}}
+
+
+def job_runtime_env(cluster: ClusterConfig, *, installed: bool | None = None) -> dict:
+    """The runtime_env given to ``ray.init``: how every replica imports ``lora_engine``.
+
+    Replicas import the package the way any Python program does: when it is installed in this interpreter's
+    environment (``pip install -e .`` or a wheel) and Ray is local, the replicas' interpreter finds it there and
+    nothing is shipped. Otherwise (a cluster, or a checkout run without installing) Ray uploads it for the job
+    (``py_modules``, Ray's own way to ship code; Serve takes local directories only at the job level, not per
+    deployment). No ``PYTHONPATH`` is edited.
+
+    Args:
+        cluster (`ClusterConfig`): ``address`` and ``ship_code`` decide.
+        installed (`bool`, *optional*): whether this checkout is installed; None: ask a fresh interpreter.
+    """
+    ship = cluster.ship_code
+    if ship is None:
+        ship = cluster.address is not None or not (installed if installed is not None else _installed_here())
+    return {"py_modules": [str(_PACKAGE_DIR)]} if ship else {}
+
+
+def _installed_here() -> bool:
+    """Whether a fresh interpreter of this environment, started outside the checkout, imports this very package.
+
+    Asked of a subprocess (``-I``: no ``PYTHONPATH``, no current directory on the path) because that is what a local
+    Ray replica is; this process's own ``sys.path`` may hold the checkout only because it was started from there.
+    """
+    import subprocess
+    import sys
+
+    probe = "import lora_engine, os; print(os.path.dirname(os.path.realpath(lora_engine.__file__)))"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60, cwd=os.path.sep
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == os.path.realpath(_PACKAGE_DIR)
 
 
 def build_application(cluster: ClusterConfig, *, environ=None):
@@ -432,7 +461,7 @@ def build_application(cluster: ClusterConfig, *, environ=None):
 
     ``gpus_per_replica=None`` ("auto") needs Ray initialised, to ask whether the cluster has GPUs.
     """
-    env = runtime_env(cluster, environ)
+    env = runtime_env(environ)
     names = cluster.deployment_names()
     engines, queue_limits = {}, {}
     for name, spec in zip(names, cluster.deployments):
@@ -480,8 +509,9 @@ def _engine_deployment(name: str, spec: DeploymentSpec, env: dict):
 def start(cluster: ClusterConfig, *, environ=None) -> ClusterClient:
     """Start (or join) Ray, deploy the application, and return a client for it; blocks until it is ready.
 
-    Joins ``cluster.address`` (or ``RAY_ADDRESS``) if set, else starts a local Ray. ``ClusterClient.close()``
-    deletes the application, and shuts down the Ray this call started.
+    Joins ``cluster.address`` (or ``RAY_ADDRESS``) if set, else starts a local Ray, shipping ``lora_engine`` to it
+    when its replicas could not import it otherwise (``job_runtime_env``); a caller that initialised Ray itself
+    takes care of that. ``ClusterClient.close()`` deletes the application, and shuts down the Ray this call started.
     """
     started_ray = False
     if not ray.is_initialized():
@@ -513,6 +543,7 @@ def _init_ray(cluster: ClusterConfig, attempts: int = 2) -> None:
                 num_cpus=cluster.num_cpus,
                 include_dashboard=cluster.dashboard,
                 log_to_driver=False,
+                runtime_env=job_runtime_env(cluster),
             )
             return
         except Exception as e:  # Ray raises a bare Exception for this; anything else is re-raised below

@@ -150,7 +150,7 @@ def test_the_app_documents_the_flags():
 
 def test_replicas_get_the_hub_environment_and_this_checkout():
     import lora_engine
-    from lora_engine.serving.cluster import runtime_env
+    from lora_engine.serving.cluster import job_runtime_env, runtime_env
 
     environ = {
         "HF_ENDPOINT": "http://127.0.0.1:1",
@@ -159,13 +159,28 @@ def test_replicas_get_the_hub_environment_and_this_checkout():
         "HOME": "/root",
         "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": "5",
     }
-    env = runtime_env(ClusterConfig(), environ)
+    env = runtime_env(environ)
     forwarded = ("HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME", "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S")
-    assert {k: env["env_vars"][k] for k in forwarded} == {k: environ[k] for k in forwarded}
-    assert "HOME" not in env["env_vars"] and "py_modules" not in env
-    assert env["env_vars"]["PYTHONPATH"] == str(Path(lora_engine.__file__).resolve().parents[1])
-    shipped = runtime_env(ClusterConfig(address="ray://head:10001"), environ)
-    assert shipped["py_modules"][0].endswith("lora_engine") and "PYTHONPATH" not in shipped["env_vars"]
+    assert env == {"env_vars": {k: environ[k] for k in forwarded}}  # no HOME, no PYTHONPATH, no code
+    # A local Ray with this checkout installed (requirements-dev: -e .): replicas import it, nothing is shipped.
+    assert job_runtime_env(ClusterConfig()) == {}
+    # A cluster, or a checkout that is not installed: Ray ships the package for the job.
+    package = str(Path(lora_engine.__file__).resolve().parent)
+    assert job_runtime_env(ClusterConfig(address="ray://head:10001")) == {"py_modules": [package]}
+    assert job_runtime_env(ClusterConfig(), installed=False) == {"py_modules": [package]}
+    assert job_runtime_env(ClusterConfig(ship_code=False), installed=False) == {}
+
+
+def test_installed_is_asked_of_a_fresh_interpreter(monkeypatch):
+    import sys
+
+    from lora_engine.serving.cluster import _installed_here
+
+    # The venv's editable install points at this checkout, as a local Ray replica's interpreter would see it.
+    assert _installed_here()
+    # The interpreter the venv was made from has no such install: the checkout is then shipped.
+    monkeypatch.setattr(sys, "executable", sys._base_executable)
+    assert not _installed_here()
 
 
 def test_deployment_spec_rules():
