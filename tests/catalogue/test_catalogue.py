@@ -118,7 +118,7 @@ def test_refresh_goes_live_saves_a_snapshot_and_a_cold_start_uses_it(hub, make, 
     st = cat.status()
     assert isinstance(st, CatalogueStatus)
     assert st.state == "live" and st.last_error is None and st.entries == len(hub.expected) + 1
-    assert st.snapshot_age_s < 5
+    assert st.snapshot_age_s < 120  # just written (generous: a busy machine may take a while to get here)
     snap = read_snapshot(cat.snapshot_file, SDXL)
     assert {e.repo_id for e in snap.entries} == set(hub.expected)  # Hub entries only
     assert json.loads(cat.snapshot_file.read_text())["format_version"] == 1

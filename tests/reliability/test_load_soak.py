@@ -39,22 +39,33 @@ def loaded_app(demo_assets, tmp_path_factory):
 
 
 def test_sixteen_concurrent_clients(loaded_app):
-    """8 gradio_client + 8 HTTP clients for ~20 s: every request succeeds or is told the queue is full."""
+    """8 gradio_client + 8 HTTP clients for at least 20 s: every request succeeds or is told the queue is full.
+
+    The clients stop once the load has done what it is for (at least 16 served and a full queue met, after 20 s
+    at least), not after a fixed time: a busy machine serves fewer requests per second, which is not a failure.
+    """
     url, engine = loaded_app.url, loaded_app.engine
     loras = ["", *(s.repo_id for s in DEMO_LORAS)]
     outcomes: list[tuple[str, int, str]] = []  # (kind, seed, outcome)
     lock = threading.Lock()
-    stop_at = time.monotonic() + 20
+    started = time.monotonic()
+    give_up_at = started + 300  # a bound on a hang; a passing run stops long before
+    stop = threading.Event()
     rss_before = psutil.Process().memory_info().rss
 
     def record(kind, seed, outcome):
         with lock:
             outcomes.append((kind, seed, outcome))
+            served = sum(1 for o in outcomes if o[2] == "ok")
+            refused = any(o[2] == "full" for o in outcomes)
+        now = time.monotonic()
+        if (served >= 16 and refused and now - started >= 20) or now > give_up_at:
+            stop.set()
 
     def gradio_worker(i):
         client = Client(url + "/", verbose=False)
         n = 0
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             seed = i * 100_000 + n
             n += 1
             try:
@@ -73,7 +84,7 @@ def test_sixteen_concurrent_clients(loaded_app):
     def http_worker(i):
         with httpx.Client(timeout=120) as http:
             n = 0
-            while time.monotonic() < stop_at:
+            while not stop.is_set():
                 seed = (8 + i) * 100_000 + n
                 n += 1
                 r = http.post(
@@ -94,7 +105,7 @@ def test_sixteen_concurrent_clients(loaded_app):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(180)
+        t.join(max(1.0, give_up_at + 180 - time.monotonic()))
     assert not any(t.is_alive() for t in threads), "a client hung"
 
     bad = [o for o in outcomes if o[2] not in ("ok", "full")]
