@@ -43,6 +43,7 @@ from lora_engine.demo.model import (
     UNET_LORA_TARGETS,
     DemoLora,
     build_demo_pipeline,
+    render_thumbnails,
     save_demo_lora,
 )
 
@@ -342,7 +343,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--stages",
         default="vae,unet,loras,readme",
-        help="comma-separated: vae, unet, loras, readme (the README's picture)",
+        help="comma-separated: vae, unet, loras, readme (the LoRAs' thumbnails and the README's picture)",
     )
     parser.add_argument("--only", default="", help="train only these LoRA repo ids (comma-separated)")
     parser.add_argument("--batch", type=int, default=32)
@@ -413,6 +414,7 @@ def main(argv=None) -> None:
             )
             report.setdefault("loras", {})[spec.repo_id] = result
     if "readme" in stages:
+        render_thumbnails(args.out)
         render_readme_sheet(args.out, Path("docs/demo-base-vs-loras.png"))
     report_path.write_text(json.dumps(report, indent=1))
     (args.out / "training.json").write_text(json.dumps({k: v for k, v in report.items()}, indent=1))

@@ -13,8 +13,11 @@ from lora_engine.demo.model import (
     DEMO_BASE_MODEL_ID,
     DEMO_LORAS,
     DEMO_WEIGHTS_DIR,
+    THUMBNAIL_FILE,
+    THUMBNAIL_SCENES,
     build_demo_pipeline,
     ensure_demo_assets,
+    render_sheet,
 )
 from lora_engine.pipeline.swap import weights_digest
 from lora_engine.testing.lora_files import read_tensors
@@ -109,6 +112,21 @@ def test_every_demo_lora_loads_with_diffusers_and_changes_the_output(pipe, demo_
     finally:
         pipe.unload_lora_weights()
     assert np.abs(with_lora - base).mean() > 1e-3
+
+
+@pytest.mark.parametrize("spec", DEMO_LORAS, ids=lambda s: s.repo_id)
+def test_the_shipped_thumbnail_is_what_the_lora_draws(pipe, demo_assets, spec):
+    from PIL import Image
+
+    folder = demo_assets.lora_dir(spec.repo_id)
+    shipped = np.asarray(Image.open(folder / THUMBNAIL_FILE).convert("RGB"), dtype=np.int16)
+    assert (folder / THUMBNAIL_FILE).read_bytes() == (
+        DEMO_WEIGHTS_DIR / "loras" / spec.repo_id / THUMBNAIL_FILE
+    ).read_bytes()
+    drawn = np.asarray(render_sheet(pipe, THUMBNAIL_SCENES, spec=spec, folder=folder), dtype=np.int16)
+    # Rendered on another CPU (AMX or not, other thread counts) the same float math may round differently; a
+    # thumbnail of another LoRA, or of the base model, is off by tens of levels on average.
+    assert shipped.shape == drawn.shape and np.abs(shipped - drawn).mean() < 2.0
 
 
 def test_the_demo_model_loads_from_the_loopback_hub_by_repo_id(demo_assets, hub_root):

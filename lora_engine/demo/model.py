@@ -259,6 +259,8 @@ DEMO_LORAS: tuple[DemoLora, ...] = (
 )
 
 #: The prompts of a LoRA's thumbnail (a 2 x 2 sheet) and of the card's widget examples.
+#: Each demo LoRA's thumbnail: a 2x2 sheet of its own output, shipped beside its weights.
+THUMBNAIL_FILE = "thumbnail.png"
 THUMBNAIL_SCENES = (
     "a red circle on a white background",
     "a blue square on a black background",
@@ -458,19 +460,34 @@ def ensure_demo_assets(root: Path | None = None) -> DemoAssets:
 
 
 def _build_into(folder: Path) -> None:
-    from diffusers import StableDiffusionXLPipeline
-
+    # Files only: the thumbnails ship beside the weights (``render_thumbnails``, run by the training script), so
+    # laying out the demo loads no pipeline and takes a moment even on a busy machine (rendering them here took
+    # minutes under load).
     logger.info("laying out the demo model in %s", folder)
     shutil.copytree(DEMO_WEIGHTS_DIR / "model", folder / "model")
     (folder / "model" / "README.md").write_text(_base_card(), encoding="utf-8")
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder / "model")
-    pipe.set_progress_bar_config(disable=True)
     for spec in DEMO_LORAS:
+        shipped = DEMO_WEIGHTS_DIR / "loras" / spec.repo_id
         lora_dir = folder / "loras" / spec.repo_id
         lora_dir.mkdir(parents=True)
-        shutil.copyfile(DEMO_WEIGHTS_DIR / "loras" / spec.repo_id / spec.weight_name, lora_dir / spec.weight_name)
-        render_sheet(pipe, THUMBNAIL_SCENES, spec=spec, folder=lora_dir).save(lora_dir / "thumbnail.png")
-        (lora_dir / "README.md").write_text(_card(spec, "thumbnail.png"), encoding="utf-8")
+        shutil.copyfile(shipped / spec.weight_name, lora_dir / spec.weight_name)
+        shutil.copyfile(shipped / THUMBNAIL_FILE, lora_dir / THUMBNAIL_FILE)
+        (lora_dir / "README.md").write_text(_card(spec, THUMBNAIL_FILE), encoding="utf-8")
+
+
+def render_thumbnails(weights: Path = DEMO_WEIGHTS_DIR) -> None:
+    """Render each demo LoRA's thumbnail (its own output on ``THUMBNAIL_SCENES``) into ``weights``, beside its file.
+
+    Run by ``scripts/train_demo_model.py`` after training; ``tests/test_demo_model.py`` checks that the shipped
+    thumbnails are what the shipped LoRAs draw.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(weights / "model")
+    pipe.set_progress_bar_config(disable=True)
+    for spec in DEMO_LORAS:
+        lora_dir = weights / "loras" / spec.repo_id
+        render_sheet(pipe, THUMBNAIL_SCENES, spec=spec, folder=lora_dir).save(lora_dir / THUMBNAIL_FILE)
 
 
 def render_sheet(
